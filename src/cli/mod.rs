@@ -1,0 +1,325 @@
+//! Command-line interface (clap derive). Each subcommand lives in its own function and
+//! returns `Result<(), CliError>`; `main` prints the error as one sentence and exits
+//! with the error's code.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use beltbox::bench::{self, BenchConfig};
+use beltbox::model::{LoadOptions, Model, ModelError};
+use beltbox::preprocess::InputKind;
+
+#[derive(Parser)]
+#[command(
+    name = "beltbox",
+    version,
+    about = "Lean INT8 inference runtime for ARM edge boxes on scanning belts",
+    long_about = "Lean INT8 inference runtime for ARM edge boxes on scanning belts.\n\n\
+A model is a package directory (manifest.toml + model + golden set); every load verifies \
+each file's sha256 and runs the package's golden self-check before the model is used.\n\n\
+Exit codes: 0 ok, 1 check failed, 2 usage or input error, 3 over budget.\n\
+Logging: RUST_LOG=debug|info|warn (default info).",
+    after_help = "Examples:\n  beltbox infer --model models/digits-int8-qdq --input models/digits-int8-qdq/golden/000.pgm\n  beltbox bench --model mobilenetv2-bench-int8-qdq --runs 50 --json"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Classify one input (PNG, PGM, NPY tensor or raw tensor bytes).
+    #[command(
+        after_help = "Examples:\n  beltbox infer --model models/digits-fp32 --input models/digits-fp32/golden/000.pgm\n  beltbox infer --model digits-int8-qoperator --input frame.png --top-k 3 --json\n\n\
+Inputs: PNG/PGM images are converted, resized and normalised as the manifest says; .npy \
+holds the model's input tensor as is (float32 is quantised for int8 models); .raw/.bin are \
+the tensor's bytes (little-endian)."
+    )]
+    Infer {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Input file (PNG, PGM, .npy, .raw/.bin).
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+        /// How many classes to report.
+        #[arg(long, default_value_t = 5, value_name = "K")]
+        top_k: usize,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure load time, per-stage latency percentiles and peak RSS.
+    #[command(
+        after_help = "Examples:\n  beltbox bench --model models/mobilenetv2-bench-int8-qdq --runs 100\n  beltbox bench --model digits-int8-tflite --threads 2 --json\n\n\
+Latency is measured per frame over --runs runs after --warmup runs, on the package's first \
+golden input unless --input is given; percentiles are nearest-rank. JSON keys: load_ms, \
+p50_ms, p95_ms, p99_ms (total), stages.{preprocess,inference,postprocess,total}, \
+peak_rss_bytes, throughput_fps."
+    )]
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Measured runs.
+        #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        runs: u32,
+        /// Unmeasured runs first (caches, allocator, CPU frequency).
+        #[arg(long, default_value_t = 5, value_name = "N")]
+        warmup: u32,
+        /// Input file instead of the first golden input.
+        #[arg(long, value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// Model package: a directory, or the name of a bundled package (looked up in
+    /// $BELTBOX_MODELS_DIR, ./models, /usr/share/beltbox/models).
+    #[arg(long, value_name = "PKG")]
+    model: String,
+    /// Intra-op threads.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{path}: cannot read input: {source}")]
+    Input {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("model package `{0}` not found: give a package directory or the name of one in $BELTBOX_MODELS_DIR, ./models or /usr/share/beltbox/models")]
+    ModelNotFound(String),
+    #[error("cannot write output: {0}")]
+    Output(std::io::Error),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Model(e) if !e.is_input_error() => 1,
+            CliError::Output(_) => 1,
+            _ => 2,
+        }
+    }
+}
+
+pub fn init_logging() {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    // Under systemd, journald stamps every line itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        b.format_timestamp(None);
+    }
+    b.target(env_logger::Target::Stderr).init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Infer {
+            model,
+            input,
+            top_k,
+            json,
+        } => infer(&model, &input, top_k, json),
+        Command::Bench {
+            model,
+            runs,
+            warmup,
+            input,
+            json,
+        } => bench_cmd(
+            &model,
+            runs as usize,
+            warmup as usize,
+            input.as_deref(),
+            json,
+        ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// A package argument: an existing directory, else a bundled package name.
+fn resolve_model(arg: &str) -> Result<PathBuf, CliError> {
+    let direct = PathBuf::from(arg);
+    if direct.join("manifest.toml").is_file() || arg.contains('/') {
+        return Ok(direct);
+    }
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Some(d) = std::env::var_os("BELTBOX_MODELS_DIR") {
+        roots.push(d.into());
+    }
+    roots.push("models".into());
+    roots.push("/usr/share/beltbox/models".into());
+    roots
+        .into_iter()
+        .map(|r| r.join(arg))
+        .find(|p| p.join("manifest.toml").is_file())
+        .ok_or_else(|| CliError::ModelNotFound(arg.to_string()))
+}
+
+fn load(args: &ModelArgs) -> Result<Model, CliError> {
+    let dir = resolve_model(&args.model)?;
+    Ok(Model::load(
+        &dir,
+        &LoadOptions {
+            threads: args.threads as usize,
+        },
+    )?)
+}
+
+fn read_input(path: &Path) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path).map_err(|source| CliError::Input {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn emit(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}").map_err(CliError::Output)
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    // Serialising our own plain structs cannot fail; fall back to an empty object anyway.
+    serde_json::to_string_pretty(v).unwrap_or_else(|_| "{}".into())
+}
+
+fn infer(args: &ModelArgs, input: &Path, top_k: usize, json: bool) -> Result<(), CliError> {
+    let model = load(args)?;
+    let bytes = read_input(input)?;
+    let kind = InputKind::from_file_name(&input.to_string_lossy());
+    let result = model
+        .infer(&bytes, kind, top_k.max(1))
+        .map_err(|e| match e {
+            // Name the offending file: the model error alone says only "input: ...".
+            ModelError::Input(p) => CliError::Input {
+                path: input.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, p.to_string()),
+            },
+            other => other.into(),
+        })?;
+    let m = model.manifest();
+    if json {
+        let v = serde_json::json!({
+            "model": m.name,
+            "version": m.version.to_string(),
+            "input": input.display().to_string(),
+            "top": result.classes,
+            "timings_ms": {
+                "preprocess": result.timings.preprocess_us as f64 / 1e3,
+                "inference": result.timings.inference_us as f64 / 1e3,
+                "postprocess": result.timings.postprocess_us as f64 / 1e3,
+                "total": result.timings.total_us() as f64 / 1e3,
+            },
+            "backend": model.info.backend,
+            "threads": model.info.threads,
+        });
+        emit(&to_json(&v))
+    } else {
+        let mut s = format!("{} {} on {}\n", m.name, m.version, input.display());
+        for c in &result.classes {
+            s.push_str(&format!(
+                "  {:>5.1}%  {} (class {})\n",
+                c.score * 100.0,
+                c.label,
+                c.index
+            ));
+        }
+        let t = result.timings;
+        s.push_str(&format!(
+            "  timings: preprocess {:.3} ms, inference {:.3} ms, postprocess {:.3} ms, total {:.3} ms",
+            t.preprocess_us as f64 / 1e3,
+            t.inference_us as f64 / 1e3,
+            t.postprocess_us as f64 / 1e3,
+            t.total_us() as f64 / 1e3
+        ));
+        emit(&s)
+    }
+}
+
+fn bench_cmd(
+    args: &ModelArgs,
+    runs: usize,
+    warmup: usize,
+    input: Option<&Path>,
+    json: bool,
+) -> Result<(), CliError> {
+    let model = load(args)?;
+    let (bytes, name) = match input {
+        Some(p) => (read_input(p)?, p.display().to_string()),
+        None => {
+            // Manifest validation guarantees at least one golden sample.
+            let first = &model.manifest().golden.samples[0].input;
+            (
+                model.package.read(first).map_err(ModelError::from)?,
+                first.clone(),
+            )
+        }
+    };
+    let kind = InputKind::from_file_name(&name);
+    let tty = std::io::stderr().is_terminal();
+    let progress = move |done: usize, total: usize| {
+        if tty {
+            eprint!("\rbench: {done}/{total} runs");
+        }
+    };
+    let report = bench::run(
+        &model,
+        &BenchConfig {
+            runs,
+            warmup,
+            input: &bytes,
+            input_name: name,
+            kind,
+            progress: &progress,
+        },
+    )?;
+    if tty {
+        eprint!("\r");
+    }
+    if json {
+        return emit(&to_json(&report));
+    }
+    let s = &report.stages;
+    let row = |n: &str, p: &bench::Percentiles| {
+        format!(
+            "  {n:<12} {:>9.3} {:>9.3} {:>9.3} {:>9.3}\n",
+            p.p50_ms, p.p95_ms, p.p99_ms, p.max_ms
+        )
+    };
+    let mut out = format!(
+        "{} {} ({} {}, {} {}, {} thread(s)) on {} [{}]\n  load {:.1} ms, golden self-check {:.1} ms, {} runs after {} warm-up\n  {:<12} {:>9} {:>9} {:>9} {:>9}\n",
+        report.model, report.version, report.format, report.precision, report.backend, report.runtime,
+        report.threads, report.arch, report.cpu_features.join(" "), report.load_ms, report.selfcheck_ms,
+        report.runs, report.warmup, "stage (ms)", "p50", "p95", "p99", "max"
+    );
+    out.push_str(&row("preprocess", &s.preprocess));
+    out.push_str(&row("inference", &s.inference));
+    out.push_str(&row("postprocess", &s.postprocess));
+    out.push_str(&row("total", &s.total));
+    out.push_str(&format!(
+        "  peak RSS {}, throughput {:.1} frames/s",
+        report
+            .peak_rss_bytes
+            .map(|b| format!("{:.1} MiB", b as f64 / 1048576.0))
+            .unwrap_or_else(|| "unknown".into()),
+        report.throughput_fps
+    ));
+    emit(&out)
+}

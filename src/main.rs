@@ -1,0 +1,15 @@
+//! The `beltbox` binary: argument parsing, logging set-up, and the mapping from errors to
+//! one sentence on stderr plus an exit code (0 ok, 1 check failed, 2 usage or input
+//! error, 3 over budget).
+
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    cli::init_logging();
+    // tract and the C backends are fed untrusted files; the adapters contain panics and
+    // turn them into errors. Keep the default hook's backtrace noise out of user output.
+    std::panic::set_hook(Box::new(|info| log::debug!("contained panic: {info}")));
+    cli::main()
+}

@@ -1,0 +1,215 @@
+//! `QLinearAdd`, `QLinearMul` (binary, numpy broadcasting) and `QLinearSigmoid`,
+//! `QLinearLeakyRelu` (unary): dequantise, float op, requantise.
+//!
+//! ONNX Runtime computes these in float too (MLAS QLinearAdd/Mul scale both operands into the
+//! output domain; the unary ones build a 256-entry table by dequantise → f → quantise), so the
+//! float expansion reproduces its results up to float rounding order. tract's optimiser is free
+//! to turn the unary chains into its own lookup tables.
+
+use super::*;
+use tract_core::broadcast::multi_broadcast;
+
+/// The float operation between the two dequantised operands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum BinaryKind {
+    Add,
+    Mul,
+}
+
+/// Builds `QLinearAdd`: inputs `(A, A_scale, A_zp?, B, B_scale, B_zp?, C_scale, C_zp?)`.
+pub(super) fn qlinear_add(_ctx: &ParsingContext, node: &NodeProto) -> BuilderResult {
+    binary(node, BinaryKind::Add)
+}
+
+/// Builds `QLinearMul`: same inputs as `QLinearAdd`.
+pub(super) fn qlinear_mul(_ctx: &ParsingContext, node: &NodeProto) -> BuilderResult {
+    binary(node, BinaryKind::Mul)
+}
+
+fn binary(node: &NodeProto, kind: BinaryKind) -> BuilderResult {
+    let slots = Slots::new(
+        node,
+        &[
+            ("A", true),
+            ("A_scale", true),
+            ("A_zero_point", false),
+            ("B", true),
+            ("B_scale", true),
+            ("B_zero_point", false),
+            ("C_scale", true),
+            ("C_zero_point", false),
+        ],
+    )?;
+    let op = QLinearBinary {
+        kind,
+        arity: slots.actual,
+        a: slots.req(0)?,
+        a_q: slots.qparams(1)?,
+        b: slots.req(3)?,
+        b_q: slots.qparams(4)?,
+        c_q: slots.qparams(6)?,
+    };
+    Ok((expand(op), vec![]))
+}
+
+/// Quantised binary element-wise op; fields are actual input positions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct QLinearBinary {
+    kind: BinaryKind,
+    arity: usize,
+    a: usize,
+    a_q: QParams,
+    b: usize,
+    b_q: QParams,
+    c_q: QParams,
+}
+
+impl Expansion for QLinearBinary {
+    fn name(&self) -> StaticName {
+        match self.kind {
+            BinaryKind::Add => "QLinearAdd".into(),
+            BinaryKind::Mul => "QLinearMul".into(),
+        }
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, self.arity)?;
+        check_output_arity(outputs, 1)?;
+        // ORT ties A, B, C and their zero points to one type T (uint8 or int8).
+        s.equals(&inputs[self.b].datum_type, &inputs[self.a].datum_type)?;
+        s.equals(&outputs[0].datum_type, &inputs[self.a].datum_type)?;
+        self.a_q.rules(s, inputs, &inputs[self.a])?;
+        self.b_q.rules(s, inputs, &inputs[self.b])?;
+        self.c_q.rules(s, inputs, &outputs[0])?;
+        s.given_2(
+            &inputs[self.a].shape,
+            &inputs[self.b].shape,
+            move |s, a, b| {
+                let c = multi_broadcast(&[a, b])?;
+                s.equals(&outputs[0].shape, c)
+            },
+        )
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let name = self.name();
+        let a_q = self.a_q.per_tensor(model, inputs, &name)?;
+        let b_q = self.b_q.per_tensor(model, inputs, &name)?;
+        let c_q = self.c_q.per_tensor(model, inputs, &name)?;
+        let dt = output_type(model, inputs, self.c_q.zero_point, inputs[self.a])?;
+        let a = wire_dequantize(model, &format!("{prefix}.a"), inputs[self.a], a_q)?;
+        let b = wire_dequantize(model, &format!("{prefix}.b"), inputs[self.b], b_q)?;
+        let op = match self.kind {
+            BinaryKind::Add => add(),
+            BinaryKind::Mul => mul(),
+        };
+        let c = wire_with_rank_broadcast(format!("{prefix}.float"), model, op, &[a, b])?[0];
+        Ok(tvec!(wire_quantize(model, prefix, c, c_q, dt)?))
+    }
+}
+
+/// The float function applied to the dequantised input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum UnaryKind {
+    Sigmoid,
+    LeakyRelu { alpha: f32 },
+}
+
+/// Builds `QLinearSigmoid`: inputs `(X, X_scale, X_zp?, Y_scale, Y_zp?)`.
+pub(super) fn qlinear_sigmoid(_ctx: &ParsingContext, node: &NodeProto) -> BuilderResult {
+    unary(node, UnaryKind::Sigmoid)
+}
+
+/// Builds `QLinearLeakyRelu`: inputs as `QLinearSigmoid`, attribute `alpha` (default 0.01).
+pub(super) fn qlinear_leaky_relu(_ctx: &ParsingContext, node: &NodeProto) -> BuilderResult {
+    let alpha = node.get_attr_opt::<f32>("alpha")?.unwrap_or(0.01);
+    unary(node, UnaryKind::LeakyRelu { alpha })
+}
+
+fn unary(node: &NodeProto, kind: UnaryKind) -> BuilderResult {
+    let slots = Slots::new(
+        node,
+        &[
+            ("X", true),
+            ("X_scale", true),
+            ("X_zero_point", false),
+            ("Y_scale", true),
+            ("Y_zero_point", false),
+        ],
+    )?;
+    let op = QLinearUnary {
+        kind,
+        arity: slots.actual,
+        x_q: slots.qparams(1)?,
+        y_q: slots.qparams(3)?,
+    };
+    Ok((expand(op), vec![]))
+}
+
+/// Quantised unary element-wise op; X is always input 0.
+#[derive(Debug, Clone, PartialEq)]
+struct QLinearUnary {
+    kind: UnaryKind,
+    arity: usize,
+    x_q: QParams,
+    y_q: QParams,
+}
+
+impl Expansion for QLinearUnary {
+    fn name(&self) -> StaticName {
+        match self.kind {
+            UnaryKind::Sigmoid => "QLinearSigmoid".into(),
+            UnaryKind::LeakyRelu { .. } => "QLinearLeakyRelu".into(),
+        }
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(match self.kind {
+            UnaryKind::LeakyRelu { alpha } => vec![format!("alpha: {alpha}")],
+            UnaryKind::Sigmoid => vec![],
+        })
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, self.arity)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
+        self.x_q.rules(s, inputs, &inputs[0])?;
+        self.y_q.rules(s, inputs, &outputs[0])?;
+        s.equals(&outputs[0].shape, &inputs[0].shape)
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let name = self.name();
+        let x_q = self.x_q.per_tensor(model, inputs, &name)?;
+        let y_q = self.y_q.per_tensor(model, inputs, &name)?;
+        let dt = output_type(model, inputs, self.y_q.zero_point, inputs[0])?;
+        let x = wire_dequantize(model, &format!("{prefix}.x"), inputs[0], x_q)?;
+        let op: Box<dyn TypedOp> = match self.kind {
+            UnaryKind::Sigmoid => Box::new(tract_core::ops::nn::sigmoid()),
+            UnaryKind::LeakyRelu { alpha } => Box::new(tract_core::ops::nn::leaky_relu(alpha)),
+        };
+        let y = model.wire_node(format!("{prefix}.float"), op, &[x])?[0];
+        Ok(tvec!(wire_quantize(model, prefix, y, y_q, dt)?))
+    }
+}

@@ -1,0 +1,318 @@
+//! `QLinearGlobalAveragePool` and `QLinearAveragePool`.
+
+use super::*;
+use tract_core::ops::cnn::{PaddingSpec, PoolSpec, SumPool};
+use tract_core::ops::nn::{DataFormat, Reduce, Reducer};
+
+/// Inputs shared by both pooling ops: `(X, x_scale, x_zp?, y_scale, y_zp?)`.
+const POOL_INPUTS: &[(&str, bool)] = &[
+    ("X", true),
+    ("x_scale", true),
+    ("x_zero_point", false),
+    ("y_scale", true),
+    ("y_zero_point", false),
+];
+
+/// Reads `channels_last` (0 or 1, default 0) into a tract data format.
+fn data_format(node: &NodeProto) -> TractResult<DataFormat> {
+    match node.get_attr_opt::<i64>("channels_last")?.unwrap_or(0) {
+        0 => Ok(DataFormat::NCHW),
+        1 => Ok(DataFormat::NHWC),
+        v => bail!(
+            "{} node {:?}: channels_last must be 0 or 1, got {v}",
+            node.op_type,
+            node.name
+        ),
+    }
+}
+
+/// Builds `QLinearGlobalAveragePool` (attribute `channels_last`).
+pub(super) fn qlinear_global_average_pool(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> BuilderResult {
+    let slots = Slots::new(node, POOL_INPUTS)?;
+    let op = QLinearGlobalAveragePool {
+        format: data_format(node)?,
+        arity: slots.actual,
+        x_q: slots.qparams(1)?,
+        y_q: slots.qparams(3)?,
+    };
+    Ok((expand(op), vec![]))
+}
+
+/// Mean over all spatial axes, keeping them as size 1.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct QLinearGlobalAveragePool {
+    format: DataFormat,
+    arity: usize,
+    x_q: QParams,
+    y_q: QParams,
+}
+
+impl QLinearGlobalAveragePool {
+    /// Spatial axes of a rank `rank` input (everything but N and C).
+    fn spatial_axes(&self, rank: usize) -> std::ops::Range<usize> {
+        match self.format {
+            DataFormat::NHWC => 1..rank.saturating_sub(1),
+            _ => 2..rank,
+        }
+    }
+}
+
+impl Expansion for QLinearGlobalAveragePool {
+    fn name(&self) -> StaticName {
+        "QLinearGlobalAveragePool".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("data format: {:?}", self.format)])
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, self.arity)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
+        self.x_q.rules(s, inputs, &inputs[0])?;
+        self.y_q.rules(s, inputs, &outputs[0])?;
+        s.equals(&outputs[0].rank, &inputs[0].rank)?;
+        s.given(&inputs[0].shape, move |s, shape| {
+            ensure!(
+                shape.len() >= 3,
+                "QLinearGlobalAveragePool: input rank must be >= 3"
+            );
+            let mut out = shape.clone();
+            for ax in self.spatial_axes(shape.len()) {
+                out[ax] = 1.to_dim();
+            }
+            s.equals(&outputs[0].shape, out)
+        })
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let x_q = self
+            .x_q
+            .per_tensor(model, inputs, "QLinearGlobalAveragePool")?;
+        let y_q = self
+            .y_q
+            .per_tensor(model, inputs, "QLinearGlobalAveragePool")?;
+        let dt = output_type(model, inputs, self.y_q.zero_point, inputs[0])?;
+        let shape = model.outlet_fact(inputs[0])?.shape.to_tvec();
+        ensure!(
+            shape.len() >= 3,
+            "QLinearGlobalAveragePool: input rank must be >= 3"
+        );
+        let axes: TVec<usize> = self.spatial_axes(shape.len()).collect();
+        let count = axes
+            .iter()
+            .map(|&ax| Ok(shape[ax].to_usize()?))
+            .product::<TractResult<usize>>()
+            .context("QLinearGlobalAveragePool: spatial dimensions must be known")?;
+        // Like MLAS: sum the zero-point-free integers (exact in f32 for any realistic image),
+        // then apply the single multiplier x_scale / (y_scale * count) before rounding.
+        let x = wire_sub_zero_point(model, &format!("{prefix}.x"), inputs[0], x_q.zero_point)?;
+        let sum = model.wire_node(
+            format!("{prefix}.sum"),
+            Reduce::new(axes, Reducer::Sum),
+            &[x],
+        )?[0];
+        let count = model.add_const(format!("{prefix}.count"), tensor0(count as f32))?;
+        let denom = wire_with_rank_broadcast(
+            format!("{prefix}.y_scale_times_count"),
+            model,
+            mul(),
+            &[y_q.scale, count],
+        )?[0];
+        let factor = wire_with_rank_broadcast(
+            format!("{prefix}.multiplier"),
+            model,
+            div(),
+            &[x_q.scale, denom],
+        )?[0];
+        let y =
+            wire_with_rank_broadcast(format!("{prefix}.rescale"), model, mul(), &[sum, factor])?[0];
+        Ok(tvec!(wire_round_and_saturate(
+            model,
+            prefix,
+            y,
+            y_q.zero_point,
+            dt
+        )?))
+    }
+}
+
+/// Builds `QLinearAveragePool`: ONNX AveragePool attributes (`kernel_shape`, `strides`, `pads`,
+/// `auto_pad`, `ceil_mode`, `count_include_pad`) plus `channels_last`.
+pub(super) fn qlinear_average_pool(_ctx: &ParsingContext, node: &NodeProto) -> BuilderResult {
+    let slots = Slots::new(node, POOL_INPUTS)?;
+    let kernel_shape: TVec<usize> = node.get_attr_tvec("kernel_shape")?;
+    let rank = kernel_shape.len();
+    ensure!(
+        rank > 0,
+        "QLinearAveragePool node {:?}: kernel_shape is empty",
+        node.name
+    );
+    let strides: Option<TVec<usize>> = node.get_attr_opt_tvec("strides")?;
+    if let Some(strides) = &strides {
+        ensure!(
+            strides.len() == rank,
+            "QLinearAveragePool node {:?}: strides {strides:?} do not match kernel_shape {kernel_shape:?}",
+            node.name
+        );
+    }
+    if let Some(dilations) = node.get_attr_opt_tvec::<usize>("dilations")? {
+        // Not part of ORT's QLinearAveragePool schema; refuse rather than silently ignore.
+        ensure!(
+            dilations.iter().all(|&d| d == 1),
+            "QLinearAveragePool node {:?}: dilations {dilations:?} are not supported",
+            node.name
+        );
+    }
+    let ceil_mode = node.get_attr_opt::<i64>("ceil_mode")?.unwrap_or(0) != 0;
+    let padding = match node.get_attr_opt::<&str>("auto_pad")?.unwrap_or("NOTSET") {
+        "NOTSET" => {
+            let pads: TVec<usize> = node
+                .get_attr_opt_tvec("pads")?
+                .unwrap_or_else(|| tvec!(0; 2 * rank));
+            ensure!(
+                pads.len() == 2 * rank,
+                "QLinearAveragePool node {:?}: pads {pads:?} do not match kernel_shape {kernel_shape:?}",
+                node.name
+            );
+            // ONNX pads are [x1_begin, x2_begin, ..., x1_end, x2_end, ...].
+            PaddingSpec::ExplicitOnnxPool(pads[..rank].into(), pads[rank..].into(), ceil_mode)
+        }
+        "VALID" => PaddingSpec::Valid,
+        "SAME_UPPER" => PaddingSpec::SameUpper,
+        "SAME_LOWER" => PaddingSpec::SameLower,
+        other => bail!(
+            "QLinearAveragePool node {:?}: unknown auto_pad {other:?}",
+            node.name
+        ),
+    };
+    let count_include_pad = node.get_attr_opt::<i64>("count_include_pad")?.unwrap_or(0) != 0;
+    let pool_spec = PoolSpec {
+        data_format: data_format(node)?,
+        kernel_shape,
+        padding,
+        dilations: None,
+        strides,
+        // Filled in from the input shape when wiring, as tract's own AveragePool does.
+        input_channels: 0,
+        output_channels: 0,
+    };
+    let op = QLinearAveragePool {
+        pool_spec,
+        count_include_pad,
+        arity: slots.actual,
+        x_q: slots.qparams(1)?,
+        y_q: slots.qparams(3)?,
+    };
+    Ok((expand(op), vec![]))
+}
+
+/// Windowed average: dequantise, tract's normalising `SumPool`, requantise (as ORT, which pools
+/// a dequantised float copy of X).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct QLinearAveragePool {
+    pool_spec: PoolSpec,
+    count_include_pad: bool,
+    arity: usize,
+    x_q: QParams,
+    y_q: QParams,
+}
+
+impl Expansion for QLinearAveragePool {
+    fn name(&self) -> StaticName {
+        "QLinearAveragePool".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let mut info = self.pool_spec.info();
+        info.push(format!("count_include_pad: {}", self.count_include_pad));
+        Ok(info)
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, self.arity)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
+        self.x_q.rules(s, inputs, &inputs[0])?;
+        self.y_q.rules(s, inputs, &outputs[0])?;
+        s.equals(&outputs[0].rank, &inputs[0].rank)?;
+        s.given(&inputs[0].shape, move |s, shape| {
+            let spec = &self.pool_spec;
+            ensure!(
+                shape.len() == spec.kernel_shape.len() + 2,
+                "QLinearAveragePool: input rank {} does not match a {}-D kernel",
+                shape.len(),
+                spec.kernel_shape.len()
+            );
+            let ishape = spec.data_format.shape(&shape)?;
+            let computed = spec.padding.compute(
+                ishape.hw_dims(),
+                &spec.kernel_shape,
+                &spec.dilations(),
+                &spec.strides(),
+            );
+            let mut out = shape.clone();
+            for (ix, d) in computed.into_iter().enumerate() {
+                out[ix + ishape.h_axis()] = d.convoluted;
+            }
+            s.equals(&outputs[0].shape, out)
+        })
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let x_q = self.x_q.per_tensor(model, inputs, "QLinearAveragePool")?;
+        let y_q = self.y_q.per_tensor(model, inputs, "QLinearAveragePool")?;
+        let dt = output_type(model, inputs, self.y_q.zero_point, inputs[0])?;
+        let fact = model.outlet_fact(inputs[0])?.clone();
+        ensure!(
+            fact.rank() == self.pool_spec.kernel_shape.len() + 2,
+            "QLinearAveragePool: input rank {} does not match a {}-D kernel",
+            fact.rank(),
+            self.pool_spec.kernel_shape.len()
+        );
+        let channels = self
+            .pool_spec
+            .data_format
+            .shape(&fact.shape)?
+            .c()
+            .to_usize()
+            .context("QLinearAveragePool: channel count must be known")?;
+        let pool_spec = PoolSpec {
+            input_channels: channels,
+            output_channels: channels,
+            ..self.pool_spec.clone()
+        };
+        let x = wire_dequantize(model, &format!("{prefix}.x"), inputs[0], x_q)?;
+        let pool = SumPool {
+            pool_spec,
+            count_include_pad: self.count_include_pad,
+            normalize: true,
+        };
+        let y = model.wire_node(format!("{prefix}.pool"), pool, &[x])?[0];
+        Ok(tvec!(wire_quantize(model, prefix, y, y_q, dt)?))
+    }
+}

@@ -1,0 +1,301 @@
+//! Drives the real `beltbox` binary on the bundled packages: classification results,
+//! bench JSON, and every class of bad input (exit code 2, one sentence naming the culprit).
+
+mod common;
+use common::*;
+
+const DIGITS_ONNX: [&str; 3] = ["digits-fp32", "digits-int8-qdq", "digits-int8-qoperator"];
+
+fn golden_samples(pkg: &str) -> Vec<(String, u64)> {
+    let text = std::fs::read_to_string(models().join(pkg).join("manifest.toml")).unwrap();
+    let v: toml::Value = toml::from_str(&text).unwrap();
+    v["golden"]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["input"].as_str().unwrap().to_string(),
+                s["label"].as_integer().unwrap() as u64,
+            )
+        })
+        .collect()
+}
+
+fn infer_label(pkg: &str, input: &str) -> (u64, serde_json::Value) {
+    let model = format!("models/{pkg}");
+    let input = format!("models/{pkg}/{input}");
+    let v = json(&beltbox(&[
+        "infer", "--model", &model, "--input", &input, "--json",
+    ]));
+    (v["top"][0]["index"].as_u64().unwrap(), v)
+}
+
+#[test]
+fn infer_classifies_every_digits_golden_sample() {
+    for pkg in DIGITS_ONNX {
+        let samples = golden_samples(pkg);
+        assert!(samples.len() >= 4, "{pkg}: too few golden samples");
+        for (input, label) in samples {
+            let (top1, v) = infer_label(pkg, &input);
+            assert_eq!(top1, label, "{pkg} {input}: {v}");
+            assert_eq!(v["model"], pkg);
+            assert_eq!(v["version"], "1.0.0");
+            let p = v["top"][0]["score"].as_f64().unwrap();
+            assert!(p > 0.5 && p <= 1.0, "{pkg} {input}: top-1 probability {p}");
+            assert!(v["timings_ms"]["inference"].as_f64().unwrap() > 0.0);
+        }
+    }
+}
+
+#[test]
+fn infer_accepts_bundled_names_and_text_output() {
+    let o = beltbox(&[
+        "infer",
+        "--model",
+        "digits-int8-qdq",
+        "--input",
+        "models/digits-int8-qdq/golden/003.pgm",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("digits-int8-qdq 1.0.0"), "{out}");
+    assert!(out.contains("(class 3)"), "{out}");
+}
+
+#[test]
+fn bench_json_on_digits() {
+    for pkg in DIGITS_ONNX {
+        let v = json(&beltbox(&[
+            "bench",
+            "--model",
+            &format!("models/{pkg}"),
+            "--runs",
+            "20",
+            "--json",
+        ]));
+        for key in ["load_ms", "p50_ms", "p95_ms", "p99_ms"] {
+            assert!(v[key].as_f64().unwrap() > 0.0, "{pkg}: {key} in {v}");
+        }
+        assert!(v["p50_ms"].as_f64() <= v["p95_ms"].as_f64());
+        assert!(v["p95_ms"].as_f64() <= v["p99_ms"].as_f64());
+        assert!(v["peak_rss_bytes"].as_u64().unwrap() > 1 << 20);
+        assert_eq!(v["runs"], 20);
+        assert_eq!(v["backend"], "tract");
+        for stage in ["preprocess", "inference", "postprocess", "total"] {
+            assert!(v["stages"][stage]["p50_ms"].as_f64().is_some(), "{stage}");
+        }
+    }
+}
+
+#[test]
+fn bench_json_on_mobilenet_variants() {
+    for pkg in [
+        "mobilenetv2-bench-fp32",
+        "mobilenetv2-bench-int8-qdq",
+        "mobilenetv2-bench-int8-qoperator",
+    ] {
+        let v = json(&beltbox(&[
+            "bench", "--model", pkg, "--runs", "2", "--warmup", "0", "--json",
+        ]));
+        assert!(v["p50_ms"].as_f64().unwrap() > 0.0, "{pkg}: {v}");
+        assert_eq!(v["precision"], pkg.trim_start_matches("mobilenetv2-bench-"));
+    }
+}
+
+fn assert_input_error(o: &std::process::Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "expected exit 2, stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr does not name `{n}`: {err}");
+    }
+    assert_eq!(err.trim().lines().count(), 1, "not one sentence: {err}");
+}
+
+#[test]
+fn hash_mismatch_is_refused() {
+    let (_t, pkg) = copy_package("digits-int8-qdq");
+    let mut bytes = std::fs::read(pkg.join("model.onnx")).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(pkg.join("model.onnx"), bytes).unwrap();
+    let o = beltbox(&[
+        "infer",
+        "--model",
+        pkg.to_str().unwrap(),
+        "--input",
+        "models/digits-int8-qdq/golden/000.pgm",
+    ]);
+    assert_input_error(&o, &["model.onnx", "sha256 mismatch"]);
+}
+
+#[test]
+fn truncated_model_is_refused() {
+    let (_t, pkg) = copy_package("digits-int8-qoperator");
+    let bytes = std::fs::read(pkg.join("model.onnx")).unwrap();
+    std::fs::write(pkg.join("model.onnx"), &bytes[..bytes.len() / 3]).unwrap();
+    rehash(&pkg, "model.onnx");
+    let o = beltbox(&["bench", "--model", pkg.to_str().unwrap(), "--runs", "1"]);
+    assert_input_error(&o, &["model.onnx", "cannot parse the ONNX model"]);
+}
+
+#[test]
+fn garbage_model_is_refused() {
+    let (_t, pkg) = copy_package("digits-fp32");
+    std::fs::write(
+        pkg.join("model.onnx"),
+        b"this is not a protobuf, it is a text file\n",
+    )
+    .unwrap();
+    rehash(&pkg, "model.onnx");
+    let o = beltbox(&["bench", "--model", pkg.to_str().unwrap(), "--runs", "1"]);
+    assert_input_error(&o, &["model.onnx"]);
+}
+
+#[test]
+fn unknown_manifest_key_is_named() {
+    let (_t, pkg) = copy_package("digits-fp32");
+    edit_manifest(&pkg, |t| {
+        t.replace("[budgets]\n", "[budgets]\nram_gib = 1\n")
+    });
+    let o = beltbox(&["bench", "--model", pkg.to_str().unwrap(), "--runs", "1"]);
+    assert_input_error(&o, &["manifest.toml", "ram_gib"]);
+}
+
+#[test]
+fn missing_manifest_key_is_named() {
+    let (_t, pkg) = copy_package("digits-fp32");
+    edit_manifest(&pkg, |t| t.replace("p95_ms = ", "p95_msec = "));
+    let o = beltbox(&["bench", "--model", pkg.to_str().unwrap(), "--runs", "1"]);
+    assert_input_error(&o, &["manifest.toml", "p95_ms"]);
+}
+
+#[test]
+fn wrong_manifest_shape_is_named() {
+    // Shape that disagrees with the graph: the manifest is internally consistent (resize
+    // follows), so it is the graph check that must catch it.
+    let (_t, pkg) = copy_package("digits-int8-qdq");
+    edit_manifest(&pkg, |t| {
+        t.replace("shape = [1, 1, 8, 8]", "shape = [1, 1, 8, 9]")
+            .replace("resize = [8, 8]", "resize = [8, 9]")
+    });
+    let o = beltbox(&["bench", "--model", pkg.to_str().unwrap(), "--runs", "1"]);
+    assert_input_error(&o, &["model.onnx"]);
+    // Shape inconsistent with the preprocessing: caught by manifest validation.
+    let (_t2, pkg2) = copy_package("digits-int8-qdq");
+    edit_manifest(&pkg2, |t| {
+        t.replace("shape = [1, 1, 8, 8]", "shape = [1, 1, 16, 16]")
+    });
+    let o = beltbox(&["bench", "--model", pkg2.to_str().unwrap(), "--runs", "1"]);
+    assert_input_error(&o, &["manifest.toml", "input.preprocess.resize"]);
+}
+
+#[test]
+fn wrong_output_name_is_named() {
+    let (_t, pkg) = copy_package("digits-fp32");
+    edit_manifest(&pkg, |t| {
+        t.replacen("name = \"logits\"", "name = \"probs\"", 1)
+    });
+    let o = beltbox(&["bench", "--model", pkg.to_str().unwrap(), "--runs", "1"]);
+    assert_input_error(&o, &["outputs[0].name", "probs", "logits"]);
+}
+
+#[test]
+fn missing_file_is_named() {
+    let (_t, pkg) = copy_package("digits-fp32");
+    std::fs::remove_file(pkg.join("golden/002.out.npy")).unwrap();
+    let o = beltbox(&["bench", "--model", pkg.to_str().unwrap(), "--runs", "1"]);
+    assert_input_error(&o, &["golden/002.out.npy"]);
+}
+
+#[test]
+fn missing_package_and_input_are_named() {
+    let o = beltbox(&["infer", "--model", "no-such-model", "--input", "x.pgm"]);
+    assert_input_error(&o, &["no-such-model"]);
+    let o = beltbox(&[
+        "infer",
+        "--model",
+        "digits-fp32",
+        "--input",
+        "/nonexistent/frame.png",
+    ]);
+    assert_input_error(&o, &["/nonexistent/frame.png"]);
+}
+
+#[test]
+fn bad_inputs_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "frame.gif",
+            b"GIF89a....".to_vec(),
+            "unrecognised input format",
+        ),
+        ("trunc.pgm", b"P5 8 8 16\n\x01\x02".to_vec(), "truncated"),
+        ("short.raw", vec![0u8; 17], "needs exactly 256"),
+        (
+            "badpng.png",
+            b"\x89PNG\r\n\x1a\n\x00\x00garbage".to_vec(),
+            "PNG",
+        ),
+    ];
+    for (name, bytes, needle) in cases {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let o = beltbox(&[
+            "infer",
+            "--model",
+            "digits-fp32",
+            "--input",
+            p.to_str().unwrap(),
+        ]);
+        assert_input_error(&o, &[name, needle]);
+    }
+}
+
+#[test]
+fn npy_input_of_wrong_shape_is_refused_and_right_shape_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wrong = beltbox::npy::to_bytes(&beltbox::tensor::Tensor::new(
+        vec![1, 64],
+        beltbox::tensor::TensorData::F32(vec![0.0; 64]),
+    ));
+    let p = tmp.path().join("wrong.npy");
+    std::fs::write(&p, wrong).unwrap();
+    let o = beltbox(&[
+        "infer",
+        "--model",
+        "digits-fp32",
+        "--input",
+        p.to_str().unwrap(),
+    ]);
+    assert_input_error(&o, &["wrong.npy", "[1, 64]", "[1, 1, 8, 8]"]);
+}
+
+#[test]
+fn tampered_golden_reference_refuses_model() {
+    // A reference that the runtime cannot reproduce must refuse the model (exit 2), even
+    // with a valid hash: this is the line of defence against a miscomputing backend.
+    let (_t, pkg) = copy_package("digits-int8-qdq");
+    let rel = "golden/001.out.npy";
+    let mut t = beltbox::npy::parse(&std::fs::read(pkg.join(rel)).unwrap()).unwrap();
+    if let beltbox::tensor::TensorData::F32(v) = &mut t.data {
+        v[0] += 5.0;
+    }
+    std::fs::write(pkg.join(rel), beltbox::npy::to_bytes(&t)).unwrap();
+    rehash(&pkg, rel);
+    let o = beltbox(&["bench", "--model", pkg.to_str().unwrap(), "--runs", "1"]);
+    assert_input_error(&o, &["golden self-check failed", "golden/001.pgm"]);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let o = beltbox(&["bench", "--model", "digits-fp32", "--runs", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = beltbox(&["frobnicate"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = beltbox(&["infer", "--help"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("Examples:"));
+}

@@ -1,0 +1,108 @@
+//! Every bundled package loads through the library (strict manifest, hashes, backend,
+//! golden self-check) and reproduces its reference outputs within the manifest tolerance.
+//! The digits INT8 packages use per-channel weight quantisation, so a backend that used
+//! one channel's scale for all (upstream tract #2849) fails here.
+
+use std::path::PathBuf;
+
+use beltbox::model::{LoadOptions, Model};
+use beltbox::preprocess::InputKind;
+
+fn pkg(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(name)
+}
+
+fn load(name: &str, threads: usize) -> Model {
+    Model::load(&pkg(name), &LoadOptions { threads }).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn check(name: &str, threads: usize) {
+    let m = load(name, threads);
+    let g = &m.info.golden;
+    assert!(g.samples >= 4, "{name}: only {} golden samples", g.samples);
+    assert_eq!(g.passed, g.samples, "{name}");
+    // One quantisation step, dequantised as (q - zp) * scale on both sides, can come out a
+    // few ulps above `scale`: the same slack the self-check allows.
+    assert!(
+        g.worst_ratio <= 1.0 + 1e-5,
+        "{name}: worst diff {} of tolerance",
+        g.worst_ratio
+    );
+    // Held-out accuracy recorded by the generator meets the floor the package promises.
+    let man = m.manifest();
+    assert!(man.accuracy.heldout_top1 >= man.accuracy_floor, "{name}");
+    eprintln!(
+        "{name}: {} samples, max |diff| {:.6} ({:.2} of tolerance)",
+        g.samples, g.max_abs_diff, g.worst_ratio
+    );
+}
+
+#[test]
+fn digits_fp32() {
+    check("digits-fp32", 1);
+}
+
+#[test]
+fn digits_int8_qdq_per_channel() {
+    check("digits-int8-qdq", 1);
+}
+
+#[test]
+fn digits_int8_qoperator_per_channel() {
+    check("digits-int8-qoperator", 1);
+}
+
+#[test]
+fn digits_two_threads_agree_with_one() {
+    let a = load("digits-int8-qoperator", 1);
+    let b = load("digits-int8-qoperator", 2);
+    let bytes = std::fs::read(pkg("digits-int8-qoperator").join("golden/004.pgm")).unwrap();
+    let ra = a.infer(&bytes, InputKind::Auto, 10).unwrap();
+    let rb = b.infer(&bytes, InputKind::Auto, 10).unwrap();
+    assert_eq!(ra.outputs, rb.outputs);
+}
+
+#[test]
+fn int8_accuracy_within_one_point_of_fp32() {
+    let fp32 = load("digits-fp32", 1).manifest().accuracy.heldout_top1;
+    let mut names = vec!["digits-int8-qdq", "digits-int8-qoperator"];
+    if cfg!(feature = "tflite") {
+        names.push("digits-int8-tflite");
+    }
+    for name in names {
+        let text = std::fs::read_to_string(pkg(name).join("manifest.toml")).unwrap();
+        let m = beltbox::model::manifest::Manifest::parse(&text, &pkg(name)).unwrap();
+        let acc = m.accuracy.heldout_top1;
+        assert!(fp32 - acc <= 0.01, "{name}: {acc} vs fp32 {fp32}");
+    }
+}
+
+#[test]
+fn mobilenet_fp32() {
+    check("mobilenetv2-bench-fp32", 1);
+}
+
+#[test]
+fn mobilenet_int8_qdq() {
+    check("mobilenetv2-bench-int8-qdq", 1);
+}
+
+#[test]
+fn mobilenet_int8_qoperator() {
+    check("mobilenetv2-bench-int8-qoperator", 1);
+}
+
+#[cfg(feature = "tflite")]
+#[test]
+fn digits_int8_tflite() {
+    check("digits-int8-tflite", 1);
+}
+
+#[cfg(not(any(feature = "tflite", feature = "tflitec")))]
+#[test]
+fn tflite_without_feature_is_a_clear_error() {
+    let e = Model::load(&pkg("digits-int8-tflite"), &LoadOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("`tflite` cargo feature"), "{e}");
+}
