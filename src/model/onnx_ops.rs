@@ -16,16 +16,18 @@
 //! Every op is an inference-time [`Expansion`] that wires plain tract-core ops when the model is
 //! typed, so shape/type inference, `into_optimized()` and every tract backend work unchanged:
 //!
-//! * element-wise and pooling ops are "dequantise, float op, requantise" — which is also how ONNX
-//!   Runtime computes them (float arithmetic, round half to even, saturate), so results agree to
-//!   within one quantisation step and are mostly bit-exact;
+//! * element-wise, pooling and concat ops are "dequantise, float op, requantise", following the
+//!   float formula of ONNX Runtime's own CPU kernel for each op (MLAS), including where the zero
+//!   point is added relative to rounding (see [`Rounding`]). On the test data they are bit-exact
+//!   with ORT; a float near-tie could still land one quantisation step away.
 //! * `QGemm` with a quantised output is lowered onto tract's own quantised `EinSum` (the integer
-//!   machinery behind tract's `QLinearMatMul`) whenever its quantisation parameters are constants;
-//!   other cases (float output, `(M, N)` bias, non-positive `alpha`, ...) use an exact
-//!   integer-valued float matmul followed by ONNX Runtime's requantisation formula.
+//!   machinery behind tract's `QLinearMatMul`) whenever its quantisation parameters are
+//!   constants; other cases (float output, `(M, N)` or `(M, 1)` bias, `alpha <= 0`, non-constant
+//!   parameters) use an exact integer-valued f32 matmul followed by ORT's requantisation formula.
 //!
-//! tract 0.23.9's own per-axis `DequantizeLinear`/`QuantizeLinear` are correct (see
-//! `tests/onnx_ops.rs`), so they are deliberately not overridden here.
+//! No tract op is overridden: tract 0.23.9's per-axis `DequantizeLinear`/`QuantizeLinear` apply
+//! each channel's own scale and zero point (upstream issue #2849 does not affect it; see
+//! `tests/onnx_ops.rs`).
 
 use tract_core::ops::cast::cast;
 use tract_core::ops::change_axes::wire_with_rank_broadcast;
@@ -41,6 +43,9 @@ mod pool;
 
 /// Registers beltbox's implementations of ONNX Runtime contrib ops (and fixes) on a tract ONNX framework.
 ///
+/// Adds `QLinearAdd`, `QLinearMul`, `QLinearSigmoid`, `QLinearLeakyRelu`,
+/// `QLinearGlobalAveragePool`, `QLinearAveragePool`, `QLinearConcat` and `QGemm`. There are no
+/// fixes to register for tract 0.23.9 (its per-axis DequantizeLinear/QuantizeLinear are correct).
 /// Registration is by op type only (tract's registry ignores the node's domain), so this
 /// replaces any previous builder registered under the same names. Call it once, before
 /// `model_for_path`/`model_for_read`.
@@ -147,7 +152,12 @@ impl QParams {
 
     /// Wires of the scale and zero point, after checking they are per-tensor (ORT requires it
     /// for activations; broadcasting a longer vector would silently apply it to the last axis).
-    fn per_tensor(&self, model: &TypedModel, inputs: &[OutletId], what: &str) -> TractResult<Q> {
+    fn check_per_tensor(
+        &self,
+        model: &TypedModel,
+        inputs: &[OutletId],
+        what: &str,
+    ) -> TractResult<Q> {
         let q = Q {
             scale: inputs[self.scale],
             zero_point: self.zero_point.map(|z| inputs[z]),
@@ -156,11 +166,38 @@ impl QParams {
             let fact = model.outlet_fact(wire)?;
             ensure!(
                 fact.shape.volume().is_one(),
-                "{what}: scale and zero point must be scalars or 1-element tensors, got shape {:?}",
+                "{what}_scale and {what}_zero_point must be scalars or 1-element tensors, got shape {:?}",
                 fact.shape
             );
         }
         Ok(q)
+    }
+
+    /// As [`QParams::check_per_tensor`], with `[1]`-shaped parameters reshaped to scalars so
+    /// that broadcasting them can never raise the rank of a lower-rank activation.
+    fn per_tensor(
+        &self,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+        prefix: &str,
+        what: &str,
+    ) -> TractResult<Q> {
+        let q = self.check_per_tensor(model, inputs, what)?;
+        let mut scalar = |wire: OutletId, name: &str| -> TractResult<OutletId> {
+            let mut wire = wire;
+            for ix in 0..model.outlet_fact(wire)?.rank() {
+                let name = format!("{prefix}.{name}_as_scalar.{ix}");
+                wire = model.wire_node(name, AxisOp::Rm(0), &[wire])?[0];
+            }
+            Ok(wire)
+        };
+        Ok(Q {
+            scale: scalar(q.scale, &format!("{what}_scale"))?,
+            zero_point: q
+                .zero_point
+                .map(|zp| scalar(zp, &format!("{what}_zero_point")))
+                .transpose()?,
+        })
     }
 }
 
@@ -206,18 +243,36 @@ fn wire_sub_zero_point(
     Ok(x)
 }
 
+/// Whether the zero point is added before or after rounding to the nearest even integer.
+///
+/// The two differ on exact ties when the zero point is odd (x = 0.5, zero point 127:
+/// round(0.5) + 127 = 127 but round(127.5) = 128), and ONNX Runtime is not consistent. Per its
+/// source, `QuantizeLinear` and the MLAS requantisation behind QGemm, pooling and the lookup
+/// tables round first (the ONNX formula), while the MLAS QLinearAdd/QLinearMul kernels add the
+/// zero point as a float and round the sum (the QLinearMul test data pins this). Each op picks
+/// what ORT does so ties land on the same side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rounding {
+    /// `round_half_to_even(x) + zero_point` (ONNX QuantizeLinear).
+    ThenAddZeroPoint,
+    /// `round_half_to_even(x + zero_point)` (MLAS QLinearAdd/QLinearMul).
+    AfterAddingZeroPoint,
+}
+
 /// `saturate(round_half_to_even(x / scale) + zero_point)` cast to `dt`: ONNX QuantizeLinear,
-/// which is what ONNX Runtime's QLinear kernels do to their float intermediate.
+/// which is what ONNX Runtime's QLinear kernels do to their float intermediate (see
+/// [`Rounding`] for where the zero point goes).
 fn wire_quantize(
     model: &mut TypedModel,
     prefix: &str,
     x: OutletId,
     q: Q,
     dt: DatumType,
+    rounding: Rounding,
 ) -> TractResult<OutletId> {
     let x =
         wire_with_rank_broadcast(format!("{prefix}.div_scale"), model, div(), &[x, q.scale])?[0];
-    wire_round_and_saturate(model, prefix, x, q.zero_point, dt)
+    wire_round_and_saturate(model, prefix, x, q.zero_point, dt, rounding)
 }
 
 /// `saturate(round_half_to_even(x) + zero_point)` cast to `dt`, for an already scaled `x`.
@@ -227,13 +282,21 @@ fn wire_round_and_saturate(
     x: OutletId,
     zero_point: Option<OutletId>,
     dt: DatumType,
+    rounding: Rounding,
 ) -> TractResult<OutletId> {
     let (lo, hi) = q_range(dt)?;
-    let mut x = model.wire_node(format!("{prefix}.round"), round_half_to_even(), &[x])?[0];
+    let mut x = x;
+    if rounding == Rounding::ThenAddZeroPoint {
+        x = model.wire_node(format!("{prefix}.round"), round_half_to_even(), &[x])?[0];
+    }
     if let Some(zp) = zero_point {
         let zp = model.wire_node(format!("{prefix}.y_zp_f32"), cast(f32::datum_type()), &[zp])?[0];
         x = wire_with_rank_broadcast(format!("{prefix}.add_zp"), model, add(), &[x, zp])?[0];
     }
+    if rounding == Rounding::AfterAddingZeroPoint {
+        x = model.wire_node(format!("{prefix}.round"), round_half_to_even(), &[x])?[0];
+    }
+    // Saturating after rounding equals ORT's clamp-then-round: the bounds are integers.
     let lo = model.add_const(format!("{prefix}.min_value"), tensor0(lo))?;
     let hi = model.add_const(format!("{prefix}.max_value"), tensor0(hi))?;
     x = wire_with_rank_broadcast(format!("{prefix}.saturate_low"), model, max(), &[x, lo])?[0];

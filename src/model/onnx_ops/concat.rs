@@ -6,7 +6,7 @@ use super::*;
 pub(super) fn qlinear_concat(_ctx: &ParsingContext, node: &NodeProto) -> BuilderResult {
     let n = node.input.len();
     ensure!(
-        n >= 5 && (n - 2) % 3 == 0,
+        n >= 5 && (n - 2).is_multiple_of(3),
         "QLinearConcat node {:?}: expected Y_scale, Y_zero_point and (X, X_scale, X_zero_point) \
          triples, got {n} inputs",
         node.name
@@ -104,6 +104,10 @@ impl Expansion for QLinearConcat {
             self.xs.iter().map(|(x, _)| &inputs[*x].shape),
             move |s, shapes| {
                 let rank = shapes[0].len();
+                ensure!(
+                    shapes.iter().all(|shape| shape.len() == rank),
+                    "QLinearConcat: inputs have different ranks: {shapes:?}"
+                );
                 let axis = resolve_axis(self.axis, rank)?;
                 let mut out = shapes[0].clone();
                 out[axis] = shapes.iter().map(|shape| shape[axis].clone()).sum();
@@ -118,14 +122,14 @@ impl Expansion for QLinearConcat {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        let y_q = self.y_q.per_tensor(model, inputs, "QLinearConcat")?;
+        let y_q = self.y_q.per_tensor(model, inputs, prefix, "y")?;
         let dt = output_type(model, inputs, self.y_q.zero_point, inputs[self.xs[0].0])?;
         let y_params = const_params(model, y_q)?;
         let rank = model.outlet_fact(inputs[self.xs[0].0])?.rank();
         let axis = resolve_axis(self.axis, rank)?;
         let mut parts = tvec!();
         for (ix, (x, q)) in self.xs.iter().enumerate() {
-            let x_q = q.per_tensor(model, inputs, "QLinearConcat")?;
+            let x_q = q.per_tensor(model, inputs, prefix, &format!("x{ix}"))?;
             ensure!(
                 model.outlet_fact(inputs[*x])?.datum_type.unquantized() == dt,
                 "QLinearConcat: all inputs must have the output's type {dt:?}"
@@ -138,12 +142,15 @@ impl Expansion for QLinearConcat {
             } else {
                 let name = format!("{prefix}.x{ix}");
                 let f = wire_dequantize(model, &format!("{name}.dequant"), inputs[*x], x_q)?;
+                // ORT requantises through a table built with MlasQuantizeLinear (round first).
+                let rounding = Rounding::ThenAddZeroPoint;
                 parts.push(wire_quantize(
                     model,
                     &format!("{name}.requant"),
                     f,
                     y_q,
                     dt,
+                    rounding,
                 )?);
             }
         }

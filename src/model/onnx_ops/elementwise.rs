@@ -1,10 +1,9 @@
 //! `QLinearAdd`, `QLinearMul` (binary, numpy broadcasting) and `QLinearSigmoid`,
 //! `QLinearLeakyRelu` (unary): dequantise, float op, requantise.
 //!
-//! ONNX Runtime computes these in float too (MLAS QLinearAdd/Mul scale both operands into the
-//! output domain; the unary ones build a 256-entry table by dequantise → f → quantise), so the
-//! float expansion reproduces its results up to float rounding order. tract's optimiser is free
-//! to turn the unary chains into its own lookup tables.
+//! ONNX Runtime computes these in float too, and each expansion follows the formula of ORT's
+//! kernel (MLAS for Add/Mul; the unary ones build a 256-entry table by dequantise → f →
+//! quantise), so results agree bit-exactly except on rare float near-ties.
 
 use super::*;
 use tract_core::broadcast::multi_broadcast;
@@ -102,20 +101,55 @@ impl Expansion for QLinearBinary {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        let name = self.name();
-        let a_q = self.a_q.per_tensor(model, inputs, &name)?;
-        let b_q = self.b_q.per_tensor(model, inputs, &name)?;
-        let c_q = self.c_q.per_tensor(model, inputs, &name)?;
+        let a_q = self.a_q.per_tensor(model, inputs, prefix, "a")?;
+        let b_q = self.b_q.per_tensor(model, inputs, prefix, "b")?;
+        let c_q = self.c_q.per_tensor(model, inputs, prefix, "c")?;
         let dt = output_type(model, inputs, self.c_q.zero_point, inputs[self.a])?;
-        let a = wire_dequantize(model, &format!("{prefix}.a"), inputs[self.a], a_q)?;
-        let b = wire_dequantize(model, &format!("{prefix}.b"), inputs[self.b], b_q)?;
-        let op = match self.kind {
-            BinaryKind::Add => add(),
-            BinaryKind::Mul => mul(),
+        let (a, b) = (inputs[self.a], inputs[self.b]);
+        let c = match self.kind {
+            BinaryKind::Add => wire_add(model, prefix, (a, a_q), (b, b_q), c_q)?,
+            BinaryKind::Mul => wire_mul(model, prefix, (a, a_q), (b, b_q), c_q)?,
         };
-        let c = wire_with_rank_broadcast(format!("{prefix}.float"), model, op, &[a, b])?[0];
-        Ok(tvec!(wire_quantize(model, prefix, c, c_q, dt)?))
+        // Both MLAS kernels add C's zero point as a float before rounding.
+        let rounding = Rounding::AfterAddingZeroPoint;
+        let c = wire_round_and_saturate(model, prefix, c, c_q.zero_point, dt, rounding)?;
+        Ok(tvec!(c))
     }
+}
+
+/// MLAS QLinearAdd: `(a_scale * (a - a_zp) + b_scale * (b - b_zp)) / c_scale`, unrounded.
+fn wire_add(
+    model: &mut TypedModel,
+    prefix: &str,
+    (a, a_q): (OutletId, Q),
+    (b, b_q): (OutletId, Q),
+    c_q: Q,
+) -> TractResult<OutletId> {
+    let a = wire_dequantize(model, &format!("{prefix}.a"), a, a_q)?;
+    let b = wire_dequantize(model, &format!("{prefix}.b"), b, b_q)?;
+    let sum = wire_with_rank_broadcast(format!("{prefix}.add"), model, add(), &[a, b])?[0];
+    let name = format!("{prefix}.div_scale");
+    Ok(wire_with_rank_broadcast(name, model, div(), &[sum, c_q.scale])?[0])
+}
+
+/// MLAS QLinearMul: the exact integer product `(a - a_zp) * (b - b_zp)` times the single ratio
+/// `a_scale * b_scale / c_scale`, unrounded. Scaling each operand first would round differently
+/// and land one step off on near-ties.
+fn wire_mul(
+    model: &mut TypedModel,
+    prefix: &str,
+    (a, a_q): (OutletId, Q),
+    (b, b_q): (OutletId, Q),
+    c_q: Q,
+) -> TractResult<OutletId> {
+    let a = wire_sub_zero_point(model, &format!("{prefix}.a"), a, a_q.zero_point)?;
+    let b = wire_sub_zero_point(model, &format!("{prefix}.b"), b, b_q.zero_point)?;
+    let ab = wire_with_rank_broadcast(format!("{prefix}.mul"), model, mul(), &[a, b])?[0];
+    let scales = [a_q.scale, b_q.scale];
+    let ab_scale = wire_with_rank_broadcast(format!("{prefix}.ab_scale"), model, mul(), &scales)?;
+    let ratio = [ab_scale[0], c_q.scale];
+    let ratio = wire_with_rank_broadcast(format!("{prefix}.ratio"), model, div(), &ratio)?;
+    Ok(wire_with_rank_broadcast(format!("{prefix}.rescale"), model, mul(), &[ab, ratio[0]])?[0])
 }
 
 /// The float function applied to the dequantised input.
@@ -200,9 +234,8 @@ impl Expansion for QLinearUnary {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        let name = self.name();
-        let x_q = self.x_q.per_tensor(model, inputs, &name)?;
-        let y_q = self.y_q.per_tensor(model, inputs, &name)?;
+        let x_q = self.x_q.per_tensor(model, inputs, prefix, "x")?;
+        let y_q = self.y_q.per_tensor(model, inputs, prefix, "y")?;
         let dt = output_type(model, inputs, self.y_q.zero_point, inputs[0])?;
         let x = wire_dequantize(model, &format!("{prefix}.x"), inputs[0], x_q)?;
         let op: Box<dyn TypedOp> = match self.kind {
@@ -210,6 +243,13 @@ impl Expansion for QLinearUnary {
             UnaryKind::LeakyRelu { alpha } => Box::new(tract_core::ops::nn::leaky_relu(alpha)),
         };
         let y = model.wire_node(format!("{prefix}.float"), op, &[x])?[0];
-        Ok(tvec!(wire_quantize(model, prefix, y, y_q, dt)?))
+        Ok(tvec!(wire_quantize(
+            model,
+            prefix,
+            y,
+            y_q,
+            dt,
+            Rounding::ThenAddZeroPoint
+        )?))
     }
 }

@@ -270,12 +270,15 @@ impl QGemm {
             mul(),
             &[acc, multiplier],
         )?[0];
+        // MLAS requantisation rounds, then adds the zero point.
+        let rounding = Rounding::ThenAddZeroPoint;
         Ok(tvec!(wire_round_and_saturate(
             model,
             prefix,
             y,
             w.y_zero_point,
-            dt
+            dt,
+            rounding
         )?))
     }
 }
@@ -338,7 +341,7 @@ impl Expansion for QGemm {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        let a_q = self.a_q.per_tensor(model, inputs, "QGemm a")?;
+        let a_q = self.a_q.check_per_tensor(model, inputs, "a")?;
         let b_fact = model.outlet_fact(inputs[self.b])?.clone();
         ensure!(
             b_fact.rank() == 2,

@@ -100,12 +100,8 @@ impl Expansion for QLinearGlobalAveragePool {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        let x_q = self
-            .x_q
-            .per_tensor(model, inputs, "QLinearGlobalAveragePool")?;
-        let y_q = self
-            .y_q
-            .per_tensor(model, inputs, "QLinearGlobalAveragePool")?;
+        let x_q = self.x_q.per_tensor(model, inputs, prefix, "x")?;
+        let y_q = self.y_q.per_tensor(model, inputs, prefix, "y")?;
         let dt = output_type(model, inputs, self.y_q.zero_point, inputs[0])?;
         let shape = model.outlet_fact(inputs[0])?.shape.to_tvec();
         ensure!(
@@ -141,12 +137,15 @@ impl Expansion for QLinearGlobalAveragePool {
         )?[0];
         let y =
             wire_with_rank_broadcast(format!("{prefix}.rescale"), model, mul(), &[sum, factor])?[0];
+        // MLAS requantisation rounds, then adds the zero point.
+        let rounding = Rounding::ThenAddZeroPoint;
         Ok(tvec!(wire_round_and_saturate(
             model,
             prefix,
             y,
             y_q.zero_point,
-            dt
+            dt,
+            rounding
         )?))
     }
 }
@@ -221,8 +220,8 @@ pub(super) fn qlinear_average_pool(_ctx: &ParsingContext, node: &NodeProto) -> B
     Ok((expand(op), vec![]))
 }
 
-/// Windowed average: dequantise, tract's normalising `SumPool`, requantise (as ORT, which pools
-/// a dequantised float copy of X).
+/// Windowed average: dequantise, tract's `SumPool`, requantise (as ORT, which pools a
+/// dequantised float copy of X).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct QLinearAveragePool {
     pool_spec: PoolSpec,
@@ -284,8 +283,8 @@ impl Expansion for QLinearAveragePool {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        let x_q = self.x_q.per_tensor(model, inputs, "QLinearAveragePool")?;
-        let y_q = self.y_q.per_tensor(model, inputs, "QLinearAveragePool")?;
+        let x_q = self.x_q.per_tensor(model, inputs, prefix, "x")?;
+        let y_q = self.y_q.per_tensor(model, inputs, prefix, "y")?;
         let dt = output_type(model, inputs, self.y_q.zero_point, inputs[0])?;
         let fact = model.outlet_fact(inputs[0])?.clone();
         ensure!(
@@ -307,12 +306,29 @@ impl Expansion for QLinearAveragePool {
             ..self.pool_spec.clone()
         };
         let x = wire_dequantize(model, &format!("{prefix}.x"), inputs[0], x_q)?;
+        let kernel_size = pool_spec.kernel_shape.iter().product::<usize>() as f32;
+        // With count_include_pad, ORT divides every window by the full kernel size, even a
+        // ceil_mode window hanging past the padding, where ONNX's reference (and tract's
+        // normalising SumPool) count only the padded extent. So sum, then divide ourselves.
         let pool = SumPool {
             pool_spec,
             count_include_pad: self.count_include_pad,
-            normalize: true,
+            normalize: !self.count_include_pad,
         };
-        let y = model.wire_node(format!("{prefix}.pool"), pool, &[x])?[0];
-        Ok(tvec!(wire_quantize(model, prefix, y, y_q, dt)?))
+        let mut y = model.wire_node(format!("{prefix}.pool"), pool, &[x])?[0];
+        if self.count_include_pad {
+            let size = model.add_const(format!("{prefix}.kernel_size"), tensor0(kernel_size))?;
+            let name = format!("{prefix}.average");
+            y = wire_with_rank_broadcast(name, model, div(), &[y, size])?[0];
+        }
+        // ORT quantises the pooled floats with MlasQuantizeLinear (round first).
+        Ok(tvec!(wire_quantize(
+            model,
+            prefix,
+            y,
+            y_q,
+            dt,
+            Rounding::ThenAddZeroPoint
+        )?))
     }
 }

@@ -1,0 +1,386 @@
+#!/usr/bin/env python3
+"""Generate the tiny ONNX models and ONNX Runtime reference outputs used by tests/onnx_ops.rs.
+
+One model per ORT contrib op (domain com.microsoft, as emitted by ORT's static quantiser in
+QOperator format) plus per-channel DequantizeLinear/QuantizeLinear models. Every model has its
+quantised activations as graph inputs and its quantisation parameters as initializers, like the
+quantiser's output. For case NAME this writes:
+
+    NAME.onnx            the model
+    NAME.in<i>.npy       graph input i (seeded random data)
+    NAME.out0.npy        ONNX Runtime's output (all graph optimisations disabled)
+
+Run from anywhere: `python3 tests/data/onnx_ops/gen.py`. Needs numpy, onnx, onnxruntime.
+Outputs are deterministic for a given onnxruntime version; the version used is written to
+VERSIONS.txt so a regenerated diff can be explained.
+"""
+
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MS = "com.microsoft"
+OPSET = 13  # per-axis DequantizeLinear/QuantizeLinear need >= 13; tract is tested up to 18
+
+NP_TO_ONNX = {
+    np.dtype(np.uint8): TensorProto.UINT8,
+    np.dtype(np.int8): TensorProto.INT8,
+    np.dtype(np.int32): TensorProto.INT32,
+    np.dtype(np.float32): TensorProto.FLOAT,
+}
+
+
+def rand_q(rng, dtype, shape):
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max + 1, size=shape, dtype=np.int64).astype(dtype)
+
+
+class Case:
+    """Accumulates a single-node graph: inputs with data, initializers, one node."""
+
+    def __init__(self, name, seed):
+        self.name = name
+        self.rng = np.random.default_rng(seed)
+        self.inputs = []  # (name, array)
+        self.inits = []
+        self.counter = 0
+
+    def input(self, arr):
+        name = f"x{len(self.inputs)}"
+        self.inputs.append((name, np.asarray(arr)))
+        return name
+
+    def const(self, value, dtype):
+        name = f"c{self.counter}"
+        self.counter += 1
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def save(self, op_type, node_inputs, out_dtype, domain=MS, **attrs):
+        node = helper.make_node(op_type, node_inputs, ["y"], name=self.name, domain=domain, **attrs)
+        return self.save_graph([node], out_dtype, op_type, uses_ms=domain == MS)
+
+    def save_graph(self, nodes, out_dtype, label, uses_ms=True, dynamic_batch=False):
+        """Saves a graph whose output is "y" and records ORT's output for it."""
+
+        def shape(a):
+            # A symbolic leading dimension, as exported models usually have.
+            return ["N"] + list(a.shape[1:]) if dynamic_batch else list(a.shape)
+
+        graph = helper.make_graph(
+            nodes,
+            self.name,
+            [helper.make_tensor_value_info(n, NP_TO_ONNX[a.dtype], shape(a)) for n, a in self.inputs],
+            # Output shape left unknown on purpose: tract must infer it from our rules.
+            [helper.make_tensor_value_info("y", NP_TO_ONNX[np.dtype(out_dtype)], None)],
+            self.inits,
+        )
+        opsets = [helper.make_opsetid("", OPSET)]
+        if uses_ms:
+            opsets.append(helper.make_opsetid(MS, 1))
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="beltbox-gen")
+        model.ir_version = 8
+        path = os.path.join(HERE, f"{self.name}.onnx")
+        onnx.save(model, path)
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        (out,) = sess.run(None, dict(self.inputs))
+        assert out.dtype == np.dtype(out_dtype), (self.name, out.dtype)
+        for i, (_, arr) in enumerate(self.inputs):
+            np.save(os.path.join(HERE, f"{self.name}.in{i}.npy"), arr)
+        np.save(os.path.join(HERE, f"{self.name}.out0.npy"), out)
+        print(f"{self.name:32} {label:26} out {out.dtype} {out.shape}")
+        return out
+
+
+def chain(name, seed):
+    """A small QOperator-style network with a symbolic batch dimension: the ops feed each other,
+    so shape/type inference has to flow through every one of them."""
+    u8, i8 = np.uint8, np.int8
+    c = Case(name, seed)
+    x = c.input(rand_q(c.rng, u8, (2, 8, 6, 6)))
+    s = lambda v: c.const(v, np.float32)
+    z = lambda v: c.const(v, u8)
+    nodes = [
+        helper.make_node("QLinearMul", [x, s(0.05), z(120), x, s(0.05), z(120), s(0.2), z(10)],
+                         ["sq"], domain=MS),
+        helper.make_node("QLinearAdd", ["sq", s(0.2), z(10), x, s(0.05), z(120), s(0.1), z(100)],
+                         ["sum"], domain=MS),
+        helper.make_node("QLinearLeakyRelu", ["sum", s(0.1), z(100), s(0.08), z(60)], ["act"],
+                         domain=MS, alpha=0.1),
+        helper.make_node("QLinearAveragePool", ["act", s(0.08), z(60), s(0.07), z(70)], ["pool"],
+                         domain=MS, kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("QLinearGlobalAveragePool", ["act", s(0.08), z(60), s(0.05), z(80)],
+                         ["gap"], domain=MS),
+        # The global average broadcast back to the pooled size: a second branch into the
+        # concat, with its own quantisation.
+        helper.make_node("Expand", ["gap", c.const([1, 1, 3, 3], np.int64)], ["act_pool2"]),
+        helper.make_node("QLinearConcat", [s(0.07), z(70), "pool", s(0.07), z(70), "act_pool2",
+                                           s(0.05), z(80)], ["cat"], domain=MS, axis=1),
+        helper.make_node("QLinearSigmoid", ["cat", s(0.07), z(70), s(1 / 255), z(0)], ["sig"],
+                         domain=MS),
+        helper.make_node("QLinearGlobalAveragePool", ["sig", s(1 / 255), z(0), s(1 / 255), z(0)],
+                         ["sig_gap"], domain=MS),
+        helper.make_node("Flatten", ["sig_gap"], ["flat"], axis=1),
+        helper.make_node("QGemm", ["flat", s(1 / 255), z(0),
+                                   c.const(rand_q(c.rng, i8, (5, 16)), i8),
+                                   c.const(c.rng.uniform(0.005, 0.02, 5).astype(np.float32),
+                                           np.float32),
+                                   c.const(np.zeros(5), i8),
+                                   c.const(c.rng.integers(-500, 500, 5), np.int32),
+                                   s(0.02), z(128)], ["gemm"], domain=MS, transB=1),
+        helper.make_node("DequantizeLinear", ["gemm", s(0.02), z(128)], ["y"]),
+    ]
+    c.save_graph(nodes, np.float32, "(QOperator chain)", dynamic_batch=True)
+
+
+def binary(name, op, dt, a_shape, b_shape, seed, with_c_zp=True):
+    c = Case(name, seed)
+    a = c.input(rand_q(c.rng, dt, a_shape))
+    b = c.input(rand_q(c.rng, dt, b_shape))
+    mid = 128 if dt == np.uint8 else 0
+    if op == "QLinearAdd":
+        scales = (0.05, 0.03, 0.07)
+    else:
+        # Product of two ~[-6, 6] values: output scale must be wider.
+        scales = (0.04, 0.05, 0.12)
+    inputs = [
+        a, c.const(scales[0], np.float32), c.const(mid + 3, dt),
+        b, c.const(scales[1], np.float32), c.const(mid - 7, dt),
+        c.const(scales[2], np.float32),
+    ]
+    # A missing optional input may also be named "", but ORT's type inference rejects "" for
+    # QLinearAdd/Mul zero points, so only dropping the trailing C_zero_point can be referenced.
+    if with_c_zp:
+        inputs.append(c.const(mid + 5, dt))
+    c.save(op, inputs, dt)
+
+
+def unary(name, op, dt, seed, **attrs):
+    c = Case(name, seed)
+    # Every representable input value once (shuffled): ORT evaluates these ops through a
+    # 256-entry lookup table, so this compares the whole table.
+    info = np.iinfo(dt)
+    x = c.input(c.rng.permutation(np.arange(info.min, info.max + 1)).astype(dt).reshape(2, 128))
+    mid = 128 if dt == np.uint8 else 0
+    if op == "QLinearSigmoid":
+        # Output in [0, 1]: ORT's quantiser gives such tensors a zero point at the range start.
+        y_scale, y_zp = 1.0 / 255.0, (0 if dt == np.uint8 else -128)
+    else:
+        y_scale, y_zp = 0.045, mid - 20
+    c.save(
+        op,
+        [
+            x, c.const(0.06, np.float32), c.const(mid + 10, dt),
+            c.const(y_scale, np.float32), c.const(y_zp, dt),
+        ],
+        dt,
+        **attrs,
+    )
+
+
+def global_avg_pool(name, dt, shape, seed, channels_last):
+    c = Case(name, seed)
+    x = c.input(rand_q(c.rng, dt, shape))
+    mid = 128 if dt == np.uint8 else 0
+    c.save(
+        "QLinearGlobalAveragePool",
+        [x, c.const(0.1, np.float32), c.const(mid - 12, dt), c.const(0.013, np.float32), c.const(mid + 4, dt)],
+        dt,
+        channels_last=channels_last,
+    )
+
+
+def avg_pool(name, dt, shape, seed, **attrs):
+    c = Case(name, seed)
+    x = c.input(rand_q(c.rng, dt, shape))
+    mid = 128 if dt == np.uint8 else 0
+    c.save(
+        "QLinearAveragePool",
+        [x, c.const(0.08, np.float32), c.const(mid + 9, dt), c.const(0.03, np.float32), c.const(mid - 3, dt)],
+        dt,
+        **attrs,
+    )
+
+
+def concat(name, dt, shapes, params, y_params, axis, seed):
+    c = Case(name, seed)
+    inputs = [c.const(y_params[0], np.float32), c.const(y_params[1], dt)]
+    for shape, (s, z) in zip(shapes, params):
+        inputs += [c.input(rand_q(c.rng, dt, shape)), c.const(s, np.float32), c.const(z, dt)]
+    c.save("QLinearConcat", inputs, dt, axis=axis)
+
+
+def qgemm(name, a_dt, b_dt, m, k, n, seed, trans_a=0, trans_b=0, alpha=1.0,
+          per_column=False, bias_shape=None, quantized_output=True, y_scale_only=False):
+    c = Case(name, seed)
+    a_shape = (k, m) if trans_a else (m, k)
+    b_shape = (n, k) if trans_b else (k, n)
+    a = c.input(rand_q(c.rng, a_dt, a_shape))
+    b = c.const(rand_q(c.rng, b_dt, b_shape), b_dt)
+    a_mid = 128 if a_dt == np.uint8 else 0
+    b_mid = 128 if b_dt == np.uint8 else 0
+    if per_column:
+        b_scale = c.rng.uniform(0.002, 0.02, size=n).astype(np.float32)
+        b_zp = (b_mid + c.rng.integers(-10, 11, size=n)).astype(b_dt)
+    else:
+        b_scale, b_zp = np.float32(0.01), b_dt(b_mid + 4)
+    inputs = [
+        a, c.const(0.02, np.float32), c.const(a_mid - 5, a_dt),
+        b, c.const(b_scale, np.float32), c.const(b_zp, b_dt),
+    ]
+    inputs.append(c.const(c.rng.integers(-3000, 3000, size=bias_shape), np.int32) if bias_shape is not None else "")
+    if quantized_output:
+        inputs += [c.const(0.25, np.float32), c.const(a_mid + 7, a_dt)]
+    elif y_scale_only:
+        # ORT then still produces floats, divided by y_scale.
+        inputs += [c.const(0.25, np.float32)]
+    while inputs[-1] == "":
+        inputs.pop()
+    c.save("QGemm", inputs, a_dt if quantized_output else np.float32,
+           alpha=alpha, transA=trans_a, transB=trans_b)
+
+
+# Per-channel parameters are hard-coded (and repeated in tests/onnx_ops.rs) so the Rust test can
+# recompute the expected values independently of ONNX Runtime.
+PER_CHANNEL_SCALES = [0.02, 0.05, 0.1, 0.25]
+PER_CHANNEL_ZP = {np.uint8: [10, 128, 200, 77], np.int8: [-100, 0, 90, 33]}
+
+
+def dequantize_per_channel(name, dt, seed, shape=(2, 4, 3), axis=1):
+    c = Case(name, seed)
+    x = c.input(rand_q(c.rng, dt, shape))
+    c.save(
+        "DequantizeLinear",
+        [x, c.const(PER_CHANNEL_SCALES, np.float32), c.const(PER_CHANNEL_ZP[dt], dt)],
+        np.float32,
+        domain="",
+        axis=axis,
+    )
+
+
+def quantize_per_channel(name, dt, seed, shape=(2, 4, 3), axis=1):
+    c = Case(name, seed)
+    # Each channel's values span its own representable range (plus a little saturation), so
+    # applying another channel's parameters would give visibly different results.
+    info = np.iinfo(dt)
+    param_shape = [1] * len(shape)
+    param_shape[axis] = 4
+    scales = np.array(PER_CHANNEL_SCALES, dtype=np.float32).reshape(param_shape)
+    zps = np.array(PER_CHANNEL_ZP[dt], dtype=np.float32).reshape(param_shape)
+    q = c.rng.uniform(info.min - 8, info.max + 8, size=shape)
+    x = c.input(((q - zps) * scales).astype(np.float32))
+    c.save(
+        "QuantizeLinear",
+        [x, c.const(PER_CHANNEL_SCALES, np.float32), c.const(PER_CHANNEL_ZP[dt], dt)],
+        dt,
+        domain="",
+        axis=axis,
+    )
+
+
+def quantize_per_tensor_near_ties(name, seed):
+    """Per-tensor QuantizeLinear on inputs within one ulp of rounding ties.
+
+    ORT computes x / scale; tract's per-tensor kernel multiplies by 1 / scale, which lands on
+    the other side of some ties. Documents that (bounded, one step) difference.
+    """
+    c = Case(name, seed)
+    scale = np.float32(0.1)
+    k = np.arange(-128, 128, dtype=np.float32)
+    ties = ((k + np.float32(0.5)) * scale).astype(np.float32)
+    x = np.stack([np.nextafter(ties, np.float32(-np.inf)), ties, np.nextafter(ties, np.float32(np.inf))])
+    c.input(x.astype(np.float32))
+    c.save("QuantizeLinear", ["x0", c.const(scale, np.float32), c.const(128, np.uint8)], np.uint8,
+           domain="")
+
+
+def malformed(name, op_type, node_inputs, attrs=None, x_shape=(2, 3), scale_shape=()):
+    """A model tract must reject with an error (never a panic); no ORT reference."""
+    inits = [
+        numpy_helper.from_array(np.full(scale_shape, 0.1, dtype=np.float32), "s"),
+        numpy_helper.from_array(np.array(3, dtype=np.uint8), "z"),
+    ]
+    node = helper.make_node(op_type, node_inputs, ["y"], name=name, domain=MS, **(attrs or {}))
+    graph = helper.make_graph(
+        [node],
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, list(x_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)]
+    )
+    model.ir_version = 8
+    onnx.save(model, os.path.join(HERE, f"{name}.onnx"))
+    print(f"{name:32} {op_type:26} (malformed)")
+
+
+def main():
+    u8, i8 = np.uint8, np.int8
+    binary("qlinear_add_u8", "QLinearAdd", u8, (1, 3, 16, 16), (1, 3, 16, 16), 1)
+    binary("qlinear_add_i8_bcast", "QLinearAdd", i8, (2, 3, 4), (3, 1), 2)
+    binary("qlinear_add_u8_no_c_zp", "QLinearAdd", u8, (2, 5), (2, 5), 3, with_c_zp=False)
+    binary("qlinear_mul_u8", "QLinearMul", u8, (1, 3, 16, 16), (1, 3, 1, 1), 4)
+    binary("qlinear_mul_i8", "QLinearMul", i8, (2, 3, 128), (2, 3, 128), 5)
+    global_avg_pool("qlinear_gap_u8", u8, (2, 16, 5, 5), 6, channels_last=0)
+    global_avg_pool("qlinear_gap_i8_nhwc", i8, (2, 4, 4, 16), 7, channels_last=1)
+    avg_pool("qlinear_avgpool_u8", u8, (1, 2, 7, 7), 8, kernel_shape=[3, 3], strides=[2, 2],
+             pads=[1, 1, 1, 1], count_include_pad=0)
+    avg_pool("qlinear_avgpool_i8_incpad", i8, (1, 3, 6, 6), 9, kernel_shape=[2, 3], strides=[1, 2],
+             pads=[1, 0, 0, 1], count_include_pad=1)
+    avg_pool("qlinear_avgpool_i8_same_upper", i8, (1, 2, 7, 6), 33, kernel_shape=[3, 3],
+             strides=[2, 2], auto_pad="SAME_UPPER")
+    avg_pool("qlinear_avgpool_u8_ceil_incpad", u8, (1, 2, 6, 6), 34, kernel_shape=[3, 3],
+             strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1)
+    avg_pool("qlinear_avgpool_u8_nhwc_ceil", u8, (1, 6, 6, 2), 10, kernel_shape=[3, 3],
+             strides=[2, 2], ceil_mode=1, channels_last=1)
+    concat("qlinear_concat_u8", u8, [(1, 2, 3), (1, 3, 3), (1, 1, 3)],
+           [(0.05, 128), (0.02, 100), (0.1, 140)], (0.05, 128), 1, 11)
+    concat("qlinear_concat_i8", i8, [(2, 3), (2, 2)], [(0.03, -5), (0.04, 9)], (0.05, 2), -1, 12)
+    unary("qlinear_sigmoid_u8", "QLinearSigmoid", u8, 13)
+    unary("qlinear_sigmoid_i8", "QLinearSigmoid", i8, 14)
+    unary("qlinear_leaky_relu_u8", "QLinearLeakyRelu", u8, 15, alpha=0.1)
+    unary("qlinear_leaky_relu_i8", "QLinearLeakyRelu", i8, 16, alpha=0.2)
+    qgemm("qgemm_u8s8_percol_transb", u8, i8, 8, 64, 16, 17, trans_b=1, per_column=True,
+          bias_shape=(16,))
+    qgemm("qgemm_u8u8", u8, u8, 8, 32, 12, 18, bias_shape=(1, 12))
+    qgemm("qgemm_i8_alpha_mn_bias", i8, i8, 3, 10, 4, 19, alpha=0.5, bias_shape=(3, 4))
+    qgemm("qgemm_i8_transa_nobias", i8, i8, 2, 12, 3, 20, trans_a=1)
+    qgemm("qgemm_u8s8_float_out", u8, i8, 3, 16, 5, 21, trans_b=1, per_column=True,
+          bias_shape=(5,), quantized_output=False)
+    qgemm("qgemm_u8s8_float_out_y_scale", u8, i8, 3, 16, 5, 31, per_column=True,
+          quantized_output=False, y_scale_only=True)
+    qgemm("qgemm_u8u8_negative_alpha", u8, u8, 4, 16, 6, 32, alpha=-0.75, per_column=True,
+          bias_shape=(6,))
+    chain("qoperator_chain_dynamic_batch", 29)
+    dequantize_per_channel("dequantize_per_channel_u8", u8, 22)
+    dequantize_per_channel("dequantize_per_channel_i8", i8, 23)
+    quantize_per_channel("quantize_per_channel_u8", u8, 24)
+    quantize_per_channel("quantize_per_channel_i8", i8, 25)
+    # Weight-style axis 0 and a negative axis, the other layouts per-axis quantisation meets.
+    dequantize_per_channel("dequantize_per_channel_axis0_i8", i8, 26, shape=(4, 2, 3), axis=0)
+    quantize_per_channel("quantize_per_channel_axis_last_u8", u8, 27, shape=(2, 3, 4), axis=-1)
+    quantize_per_tensor_near_ties("quantize_per_tensor_near_ties_u8", 28)
+    malformed("bad_qlinear_add_missing_inputs", "QLinearAdd", ["x", "s", "z", "x"])
+    malformed("bad_qlinear_add_too_many_inputs", "QLinearAdd", ["x", "s", "z"] * 3)
+    malformed("bad_qlinear_add_vector_scale", "QLinearAdd", ["x", "s", "z"] * 2 + ["s", "z"],
+              scale_shape=(3,))
+    malformed("bad_qlinear_concat_arity", "QLinearConcat", ["s", "z", "x", "s"], {"axis": 0})
+    malformed("bad_qlinear_avgpool_no_kernel", "QLinearAveragePool", ["x", "s", "z", "s", "z"],
+              x_shape=(1, 1, 4, 4))
+    malformed("bad_qgemm_trans_a", "QGemm", ["x", "s", "z", "x", "s", "z", "", "s", "z"],
+              {"transA": 2}, x_shape=(3, 3))
+    with open(os.path.join(HERE, "VERSIONS.txt"), "w") as f:
+        f.write(f"onnx {onnx.__version__}\nonnxruntime {ort.__version__}\nnumpy {np.__version__}\n")
+
+
+if __name__ == "__main__":
+    main()
