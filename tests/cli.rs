@@ -48,6 +48,22 @@ fn infer_classifies_every_digits_golden_sample() {
     }
 }
 
+#[cfg(feature = "tflite")]
+#[test]
+fn infer_classifies_every_tflite_golden_sample_and_benches() {
+    let pkg = "digits-int8-tflite";
+    for (input, label) in golden_samples(pkg) {
+        let (top1, v) = infer_label(pkg, &input);
+        assert_eq!(top1, label, "{pkg} {input}: {v}");
+        assert_eq!(v["backend"], "litert");
+    }
+    let v = json(&beltbox(&[
+        "bench", "--model", pkg, "--runs", "20", "--json",
+    ]));
+    assert!(v["p95_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["format"], "tflite");
+}
+
 #[test]
 fn infer_accepts_bundled_names_and_text_output() {
     let o = beltbox(&[

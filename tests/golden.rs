@@ -14,8 +14,24 @@ fn pkg(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The LiteRT library fetched by cross/fetch-litert.sh, unless $BELTBOX_LITERT_LIB says otherwise.
+fn tflite_library() -> Option<PathBuf> {
+    if std::env::var_os("BELTBOX_LITERT_LIB").is_some() {
+        return None;
+    }
+    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache/litert")
+        .join(std::env::consts::ARCH)
+        .join("libLiteRt.so");
+    lib.exists().then_some(lib)
+}
+
 fn load(name: &str, threads: usize) -> Model {
-    Model::load(&pkg(name), &LoadOptions { threads }).unwrap_or_else(|e| panic!("{name}: {e}"))
+    let opts = LoadOptions {
+        threads,
+        tflite_library: tflite_library(),
+    };
+    Model::load(&pkg(name), &opts).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn check(name: &str, threads: usize) {

@@ -65,11 +65,17 @@ impl ModelError {
 pub struct LoadOptions {
     /// Intra-op threads for the backend.
     pub threads: usize,
+    /// TFLite runtime library to use instead of the default lookup
+    /// (`$BELTBOX_LITERT_LIB`, next to the executable, /usr/lib/beltbox, system paths).
+    pub tflite_library: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { threads: 1 }
+        LoadOptions {
+            threads: 1,
+            tflite_library: None,
+        }
     }
 }
 
@@ -145,7 +151,7 @@ impl Model {
                     tract_backend::TractBackend::load(&bytes, m, threads).map_err(backend_err)?,
                 )
             }
-            Format::Tflite => tflite_backend(&model_path, threads)?,
+            Format::Tflite => tflite_backend(&model_path, threads, opts)?,
         };
         let load_ms = ms(t0);
         let t1 = Instant::now();
@@ -254,8 +260,17 @@ impl Model {
 }
 
 #[cfg(any(feature = "tflite", feature = "tflitec"))]
-fn tflite_backend(path: &Path, threads: usize) -> Result<Box<dyn Backend>, ModelError> {
-    tflite::TfliteModel::load(path, threads)
+fn tflite_backend(
+    path: &Path,
+    threads: usize,
+    opts: &LoadOptions,
+) -> Result<Box<dyn Backend>, ModelError> {
+    let options = tflite::LoadOptions {
+        threads,
+        library: opts.tflite_library.clone(),
+        kernels: None,
+    };
+    tflite::TfliteModel::load_with_options(path, &options)
         .map(|m| Box::new(m) as Box<dyn Backend>)
         .map_err(|e| ModelError::Backend {
             path: path.to_path_buf(),
@@ -264,7 +279,11 @@ fn tflite_backend(path: &Path, threads: usize) -> Result<Box<dyn Backend>, Model
 }
 
 #[cfg(not(any(feature = "tflite", feature = "tflitec")))]
-fn tflite_backend(path: &Path, _threads: usize) -> Result<Box<dyn Backend>, ModelError> {
+fn tflite_backend(
+    path: &Path,
+    _threads: usize,
+    _opts: &LoadOptions,
+) -> Result<Box<dyn Backend>, ModelError> {
     Err(ModelError::FormatUnavailable {
         path: path.to_path_buf(),
         format: Format::Tflite,

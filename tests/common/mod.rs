@@ -14,12 +14,17 @@ pub fn models() -> PathBuf {
 }
 
 pub fn beltbox(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_beltbox"))
-        .args(args)
-        .current_dir(repo())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run beltbox")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_beltbox"));
+    cmd.args(args).current_dir(repo()).env("RUST_LOG", "warn");
+    // The LiteRT library fetched by cross/fetch-litert.sh, for `--features tflite` builds.
+    let lib = repo()
+        .join(".cache/litert")
+        .join(std::env::consts::ARCH)
+        .join("libLiteRt.so");
+    if std::env::var_os("BELTBOX_LITERT_LIB").is_none() && lib.exists() {
+        cmd.env("BELTBOX_LITERT_LIB", lib);
+    }
+    cmd.output().expect("run beltbox")
 }
 
 pub fn stderr(o: &Output) -> String {
