@@ -524,6 +524,53 @@ mod tests {
         }
     }
 
+    const REAL: &str = include_str!("../../models/digits-int8-tflite/manifest.toml");
+
+    #[test]
+    fn real_manifest_parses() {
+        let m = Manifest::parse(REAL, Path::new("manifest.toml")).unwrap();
+        assert_eq!(m.name, "digits-int8-tflite");
+        assert_eq!(m.input.hwc(), (8, 8, 1));
+        assert_eq!(m.golden.samples.len(), 8);
+    }
+
+    #[test]
+    fn cross_field_errors_name_the_field() {
+        let cases = [
+            ("zero_point = -128", "zero_point = 300", "input.quantization"),
+            ("mean = [0.0]", "mean = [0.0, 0.0]", "input.preprocess.mean"),
+            ("file = \"model.tflite\"", "file = \"../model.tflite\"", "model.file"),
+            ("label = 7", "label = 10", "golden.samples.label"),
+            ("version = \"1.0.0\"", "version = \"1.0\"", "version"),
+            ("ram_mib = 64", "ram_mib = 0", "budgets.ram_mib"),
+        ];
+        for (from, to, field) in cases {
+            assert!(REAL.contains(from), "{from}");
+            let err = Manifest::parse(&REAL.replacen(from, to, 1), Path::new("m.toml")).unwrap_err();
+            assert!(err.to_string().contains(field), "{to}: {err}");
+        }
+        let unlisted = REAL.replace("\"labels.txt\" = ", "\"other.txt\" = ");
+        let err = Manifest::parse(&unlisted, Path::new("m.toml")).unwrap_err();
+        assert!(err.to_string().contains("labels.txt"), "{err}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics_on_arbitrary_text(text in ".{0,400}") {
+            let _ = Manifest::parse(&text, Path::new("m.toml"));
+        }
+
+        #[test]
+        fn parse_never_panics_on_mutated_manifest(at in 0usize..3000, len in 0usize..40, junk in ".{0,12}") {
+            let at = at.min(REAL.len());
+            let end = (at + len).min(REAL.len());
+            if REAL.is_char_boundary(at) && REAL.is_char_boundary(end) {
+                let text = format!("{}{}{}", &REAL[..at], junk, &REAL[end..]);
+                let _ = Manifest::parse(&text, Path::new("m.toml"));
+            }
+        }
+    }
+
     #[test]
     fn relative_paths() {
         assert!(check_relative_path("golden/000.pgm").is_ok());
