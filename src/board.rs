@@ -15,7 +15,10 @@ pub fn detect() -> String {
 }
 
 pub fn detect_under(root: &Path) -> String {
-    for rel in ["proc/device-tree/model", "sys/firmware/devicetree/base/model"] {
+    for rel in [
+        "proc/device-tree/model",
+        "sys/firmware/devicetree/base/model",
+    ] {
         if let Ok(bytes) = std::fs::read(root.join(rel)) {
             // The property is NUL-terminated.
             let s = String::from_utf8_lossy(&bytes)
@@ -39,6 +42,9 @@ mod tests {
         let p = dir.path().join("sys/firmware/devicetree/base");
         std::fs::create_dir_all(&p).unwrap();
         std::fs::write(p.join("model"), b"Raspberry Pi 5 Model B Rev 1.0\0").unwrap();
-        assert_eq!(super::detect_under(dir.path()), "Raspberry Pi 5 Model B Rev 1.0");
+        assert_eq!(
+            super::detect_under(dir.path()),
+            "Raspberry Pi 5 Model B Rev 1.0"
+        );
     }
 }

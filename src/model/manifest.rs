@@ -537,16 +537,25 @@ mod tests {
     #[test]
     fn cross_field_errors_name_the_field() {
         let cases = [
-            ("zero_point = -128", "zero_point = 300", "input.quantization"),
+            (
+                "zero_point = -128",
+                "zero_point = 300",
+                "input.quantization",
+            ),
             ("mean = [0.0]", "mean = [0.0, 0.0]", "input.preprocess.mean"),
-            ("file = \"model.tflite\"", "file = \"../model.tflite\"", "model.file"),
+            (
+                "file = \"model.tflite\"",
+                "file = \"../model.tflite\"",
+                "model.file",
+            ),
             ("label = 7", "label = 10", "golden.samples.label"),
             ("version = \"1.0.0\"", "version = \"1.0\"", "version"),
             ("ram_mib = 64", "ram_mib = 0", "budgets.ram_mib"),
         ];
         for (from, to, field) in cases {
             assert!(REAL.contains(from), "{from}");
-            let err = Manifest::parse(&REAL.replacen(from, to, 1), Path::new("m.toml")).unwrap_err();
+            let err =
+                Manifest::parse(&REAL.replacen(from, to, 1), Path::new("m.toml")).unwrap_err();
             assert!(err.to_string().contains(field), "{to}: {err}");
         }
         let unlisted = REAL.replace("\"labels.txt\" = ", "\"other.txt\" = ");
