@@ -120,8 +120,16 @@ fn bench_json_on_mobilenet_variants() {
 }
 
 fn assert_input_error(o: &std::process::Output, needles: &[&str]) {
+    assert_error(o, 2, needles)
+}
+
+fn assert_error(o: &std::process::Output, code: i32, needles: &[&str]) {
     let err = stderr(o);
-    assert_eq!(o.status.code(), Some(2), "expected exit 2, stderr: {err}");
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "expected exit {code}, stderr: {err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     for n in needles {
         assert!(err.contains(n), "stderr does not name `{n}`: {err}");
@@ -291,8 +299,9 @@ fn npy_input_of_wrong_shape_is_refused_and_right_shape_accepted() {
 
 #[test]
 fn tampered_golden_reference_refuses_model() {
-    // A reference that the runtime cannot reproduce must refuse the model (exit 2), even
-    // with a valid hash: this is the line of defence against a miscomputing backend.
+    // A reference that the runtime cannot reproduce must refuse the model, even with a
+    // valid hash: this is the line of defence against a miscomputing backend. It is a
+    // failed check (exit 1), not a usage error.
     let (_t, pkg) = copy_package("digits-int8-qdq");
     let rel = "golden/001.out.npy";
     let mut t = beltbox::npy::parse(&std::fs::read(pkg.join(rel)).unwrap()).unwrap();
@@ -302,7 +311,7 @@ fn tampered_golden_reference_refuses_model() {
     std::fs::write(pkg.join(rel), beltbox::npy::to_bytes(&t)).unwrap();
     rehash(&pkg, rel);
     let o = beltbox(&["bench", "--model", pkg.to_str().unwrap(), "--runs", "1"]);
-    assert_input_error(&o, &["golden self-check failed", "golden/001.pgm"]);
+    assert_error(&o, 1, &["golden self-check failed", "golden/001.pgm"]);
 }
 
 #[test]

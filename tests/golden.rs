@@ -122,3 +122,37 @@ fn tflite_without_feature_is_a_clear_error() {
     let e = Model::load(&pkg("digits-int8-tflite"), &LoadOptions::default()).unwrap_err();
     assert!(e.to_string().contains("`tflite` cargo feature"), "{e}");
 }
+
+/// TensorFlow Lite 2.6's C library (shipped inside the `tflitec` 0.7 crate, extracted by
+/// cross/fetch-tflitec-lib.sh) runs the per-channel INT8 digits model wrongly. Loading the
+/// package through it must be refused by the golden self-check: silently wrong numbers
+/// must be impossible, whatever the backend. In CI the library is always fetched, so the
+/// test cannot quietly skip there.
+#[cfg(all(feature = "tflite", feature = "tflitec"))]
+#[test]
+fn miscomputing_tflite_runtime_is_refused_at_load() {
+    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache/tflitec/x86_64/libtensorflowlite_c.so");
+    if !lib.is_file() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run cross/fetch-tflitec-lib.sh first"
+        );
+        eprintln!(
+            "{} absent (run cross/fetch-tflitec-lib.sh); skipped",
+            lib.display()
+        );
+        return;
+    }
+    let opts = LoadOptions {
+        threads: 1,
+        tflite_library: Some(lib),
+    };
+    let err = Model::load(&pkg("digits-int8-tflite"), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("golden self-check failed"), "{err}");
+    assert!(err.contains("digits-int8-tflite"), "{err}");
+    // The same package through LiteRT loads fine: the fault is the runtime's, not the model's.
+    check("digits-int8-tflite", 1);
+}

@@ -49,14 +49,17 @@ pub enum ModelError {
 
 impl ModelError {
     /// Whether the fault lies in what the caller handed us (a file, a package) rather
-    /// than in the runtime: the CLI maps these to exit code 2.
+    /// than in the runtime: the CLI maps these to exit code 2, the others to 1 (a check
+    /// failed: the backend failed at run time, or it did not reproduce the golden outputs).
     pub fn is_input_error(&self) -> bool {
         !matches!(
             self,
             ModelError::Backend {
                 source: BackendError::Run(_),
                 ..
-            }
+            } | ModelError::Golden(
+                golden::GoldenError::Mismatch { .. } | golden::GoldenError::Top1 { .. }
+            )
         )
     }
 }
