@@ -113,8 +113,14 @@ impl CliError {
     }
 }
 
+/// Our own info lines, but only warnings from tract (its CPU probes log at info).
+const DEFAULT_LOG_FILTER: &str =
+    "info,tract_linalg=warn,tract_core=warn,tract_onnx=warn,tract_hir=warn";
+
 pub fn init_logging() {
-    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    let mut b = env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER),
+    );
     // Under systemd, journald stamps every line itself.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         b.format_timestamp(None);

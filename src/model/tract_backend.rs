@@ -26,7 +26,6 @@ pub struct TractBackend {
     /// Idle run states. A state owns its intermediate buffers; reusing one avoids
     /// allocating every activation tensor on every frame.
     states: Mutex<Vec<State>>,
-    threads: usize,
 }
 
 fn dt(d: DType) -> DatumType {
@@ -152,7 +151,6 @@ impl TractBackend {
         Ok(TractBackend {
             plan,
             states: Mutex::new(Vec::new()),
-            threads,
         })
     }
 
@@ -218,6 +216,6 @@ impl Backend for TractBackend {
     }
 
     fn runtime_version(&self) -> String {
-        format!("tract {TRACT_VERSION} ({} thread(s))", self.threads)
+        format!("tract {TRACT_VERSION}")
     }
 }
