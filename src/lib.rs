@@ -11,3 +11,4 @@ pub mod postprocess;
 pub mod preprocess;
 pub mod procfs;
 pub mod tensor;
+pub mod thermal;

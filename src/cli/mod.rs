@@ -12,6 +12,8 @@ use beltbox::bench::{self, BenchConfig};
 use beltbox::model::{LoadOptions, Model, ModelError};
 use beltbox::preprocess::InputKind;
 
+mod thermal;
+
 #[derive(Parser)]
 #[command(
     name = "beltbox",
@@ -75,6 +77,32 @@ peak_rss_bytes, throughput_fps."
         #[arg(long)]
         json: bool,
     },
+    /// Board profiles: list the bundled ones, show one or the detected board.
+    #[command(
+        after_help = "Examples:\n  beltbox board list\n  beltbox board show rk3588 --json\n  beltbox board show --sysfs-root tests/data/sysfs/rpi5"
+    )]
+    Board {
+        #[command(subcommand)]
+        action: thermal::BoardAction,
+    },
+    /// Thermal zones, temperatures, clocks and throttle state; burst and sustained p95
+    /// and the governor when the service (or a soak) runs.
+    #[command(
+        after_help = "Examples:\n  beltbox thermal\n  beltbox thermal --sysfs-root tests/data/sysfs/rpi4-throttled --json\n\n\
+Throttled means: a cpufreq policy capped below its hardware maximum, the hottest watched zone at \
+or above the board's throttle point, or a vendor flag (Raspberry Pi get_throttled bits 0-3). \
+Unreadable or odd sysfs files are reported once as warnings and skipped."
+    )]
+    Thermal(thermal::ThermalArgs),
+    /// Reproducible thermal soak: ungoverned and governed runs back to back on the same
+    /// load, against a fake sysfs driven by the runtime's own CPU use.
+    #[command(
+        after_help = "Examples:\n  beltbox soak\n  beltbox soak --long\n  beltbox soak --model mobilenetv2-bench-int8-qdq --fallback mobilenetv2-bench-fp32 --duration 90s --governed\n\n\
+Prints burst p95, sustained p95, SLO violations, frames served and shed, model switches for each \
+run as a Markdown table; exit code 1 when the targets are missed (governed sustained p95 <= SLO \
+and <= 1.1x its burst p95, ungoverned over the SLO). See docs/thermal.md."
+    )]
+    Soak(thermal::SoakArgs),
 }
 
 #[derive(clap::Args)]
@@ -101,6 +129,8 @@ pub enum CliError {
     ModelNotFound(String),
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
+    #[error(transparent)]
+    Thermal(beltbox::thermal::ThermalError),
 }
 
 impl CliError {
@@ -108,6 +138,7 @@ impl CliError {
         match self {
             CliError::Model(e) if !e.is_input_error() => 1,
             CliError::Output(_) => 1,
+            CliError::Thermal(e) if !e.is_input_error() => 1,
             _ => 2,
         }
     }
@@ -150,6 +181,9 @@ pub fn main() -> ExitCode {
             input.as_deref(),
             json,
         ),
+        Command::Board { action } => thermal::board_cmd(action),
+        Command::Thermal(args) => thermal::thermal_cmd(&args),
+        Command::Soak(args) => thermal::soak_cmd(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
