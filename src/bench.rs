@@ -78,6 +78,13 @@ pub struct BenchReport {
     pub p99_ms: f64,
     pub stages: Stages,
     pub peak_rss_bytes: Option<u64>,
+    /// Live heap bytes at the end of the run (counting allocator; null when the
+    /// allocator is not installed, e.g. library use).
+    pub alloc_current_bytes: Option<u64>,
+    /// Heap high-water mark during warm-up and measured runs (serving).
+    pub alloc_peak_bytes: Option<u64>,
+    /// Heap high-water mark from process start through load and golden self-check.
+    pub alloc_load_peak_bytes: Option<u64>,
     pub throughput_fps: f64,
 }
 
@@ -92,6 +99,8 @@ pub struct BenchConfig<'a> {
 }
 
 pub fn run(model: &Model, cfg: &BenchConfig) -> Result<BenchReport, ModelError> {
+    // Split the allocator's high-water mark: what loading cost vs what serving costs.
+    let load_peak = crate::memory::alloc::installed().then(crate::memory::alloc::reset_peak);
     for _ in 0..cfg.warmup {
         model.infer(cfg.input, cfg.kind, 5)?;
     }
@@ -137,6 +146,9 @@ pub fn run(model: &Model, cfg: &BenchConfig) -> Result<BenchReport, ModelError> 
             total,
         },
         peak_rss_bytes: crate::procfs::peak_rss_bytes(),
+        alloc_current_bytes: crate::memory::alloc::snapshot().map(|(c, _)| c as u64),
+        alloc_peak_bytes: crate::memory::alloc::snapshot().map(|(_, p)| p as u64),
+        alloc_load_peak_bytes: load_peak.map(|p| p as u64),
         throughput_fps: if wall > 0.0 {
             cfg.runs as f64 / wall
         } else {

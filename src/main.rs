@@ -6,7 +6,15 @@ mod cli;
 
 use std::process::ExitCode;
 
+use beltbox::memory::alloc::CountingAlloc;
+
+/// Live heap bytes and high-water mark for `bench`, `plan` and (later) metrics; see
+/// `memory::alloc` for why this is cheap enough to leave on in production.
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
 fn main() -> ExitCode {
+    beltbox::memory::alloc::mark_installed();
     cli::init_logging();
     // tract and the C backends are fed untrusted files; the adapters contain panics and
     // turn them into errors. Keep the default hook's backtrace noise out of user output.

@@ -12,6 +12,7 @@ use beltbox::bench::{self, BenchConfig};
 use beltbox::model::{LoadOptions, Model, ModelError};
 use beltbox::preprocess::InputKind;
 
+mod plan;
 mod thermal;
 
 #[derive(Parser)]
@@ -103,6 +104,15 @@ run as a Markdown table; exit code 1 when the targets are missed (governed susta
 and <= 1.1x its burst p95, ungoverned over the SLO). See docs/thermal.md."
     )]
     Soak(thermal::SoakArgs),
+    /// RAM plan: weights, activation peak, scratch, preprocessing, runtime overhead,
+    /// total against the strictest budget (flag, manifest, board).
+    #[command(
+        after_help = "Examples:\n  beltbox plan --model digits-int8-qdq\n  beltbox plan --model mobilenetv2-bench-int8-qdq --board rpi4 --threads 2 --json\n  beltbox plan --model mobilenetv2-bench-fp32 --budget 64MiB\n\n\
+Exit code 3 when the total exceeds the strictest budget (the breakdown is still printed); 2 for \
+a malformed --budget (sizes: plain bytes, or K/M/G/T with optional iB/B, e.g. 512MiB, 1.5GiB, \
+300M). See docs/memory.md for what each line means and how accurate it is."
+    )]
+    Plan(plan::PlanArgs),
 }
 
 #[derive(clap::Args)]
@@ -131,6 +141,8 @@ pub enum CliError {
     Output(std::io::Error),
     #[error(transparent)]
     Thermal(beltbox::thermal::ThermalError),
+    #[error(transparent)]
+    Plan(plan::PlanError),
 }
 
 impl CliError {
@@ -139,6 +151,7 @@ impl CliError {
             CliError::Model(e) if !e.is_input_error() => 1,
             CliError::Output(_) => 1,
             CliError::Thermal(e) if !e.is_input_error() => 1,
+            CliError::Plan(e) => e.exit_code(),
             _ => 2,
         }
     }
@@ -184,6 +197,7 @@ pub fn main() -> ExitCode {
         Command::Board { action } => thermal::board_cmd(action),
         Command::Thermal(args) => thermal::thermal_cmd(&args),
         Command::Soak(args) => thermal::soak_cmd(&args),
+        Command::Plan(args) => plan::plan_cmd(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -262,6 +262,33 @@ impl Model {
     }
 }
 
+/// Facts for the RAM plan (`memory::plan`) of an opened package: builds the optimised
+/// tract plan (no golden self-check, nothing is served) and walks it. `None` for formats
+/// whose runtime does not expose its plan (TFLite: the caller estimates).
+pub fn backend_plan_facts(
+    package: &Package,
+    threads: usize,
+) -> Result<Option<crate::memory::GraphFacts>, ModelError> {
+    let m = &package.manifest;
+    let path = package.dir.join(&m.model.file);
+    let backend_err = |source| ModelError::Backend {
+        path: path.clone(),
+        source,
+    };
+    match m.model.format {
+        Format::Onnx => {
+            let bytes = package.read(&m.model.file)?;
+            let backend = tract_backend::TractBackend::load(&bytes, m, threads.max(1))
+                .map_err(backend_err)?;
+            drop(bytes);
+            crate::memory::tract::graph_facts(backend.runnable())
+                .map(Some)
+                .map_err(|e| backend_err(BackendError::Load(e.to_string())))
+        }
+        Format::Tflite => Ok(None),
+    }
+}
+
 #[cfg(any(feature = "tflite", feature = "tflitec"))]
 fn tflite_backend(
     path: &Path,

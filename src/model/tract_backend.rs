@@ -158,6 +158,11 @@ impl TractBackend {
     pub fn typed_model(&self) -> &TypedModel {
         self.plan.model()
     }
+
+    /// The runnable plan: its execution order drives the RAM plan's liveness analysis.
+    pub fn runnable(&self) -> &TypedRunnableModel {
+        &self.plan
+    }
 }
 
 fn to_tract(t: &BbTensor) -> TractResult<Tensor> {
