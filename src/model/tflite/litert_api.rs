@@ -582,58 +582,82 @@ fn describe(api: &Api, model: Model, model_path: &Path) -> Result<Described, Tfl
     })?;
     let sig = non_null("LiteRtGetModelSignature", sig)?;
 
-    let mut inputs = Vec::new();
-    let mut input_types = Vec::new();
-    let mut count = 0usize;
-    // SAFETY: `sig` is live; `count` is a valid out-pointer.
-    check("LiteRtGetNumSignatureInputs", unsafe {
-        (api.get_num_signature_inputs)(sig, &mut count)
-    })?;
-    for i in 0..count {
-        let mut name = ptr::null();
-        let mut t = ptr::null_mut();
-        // SAFETY: `sig` is live, i < count; out-pointers are valid.
-        check("LiteRtGetSignatureInputName", unsafe {
-            (api.get_signature_input_name)(sig, i, &mut name)
-        })?;
-        // SAFETY: as above.
-        check("LiteRtGetSignatureInputTensorByIndex", unsafe {
-            (api.get_signature_input_tensor)(sig, i, &mut t)
-        })?;
-        // SAFETY: `name` is null or a NUL-terminated string owned by the live model.
-        let name = unsafe { c_str(name) };
-        let t = non_null("LiteRtGetSignatureInputTensorByIndex", t)?;
-        let (spec, ty) = tensor_spec(api, "input", i, name, t)?;
-        inputs.push(spec);
-        input_types.push(ty);
-    }
-
-    let mut outputs = Vec::new();
-    let mut output_types = Vec::new();
-    let mut count = 0usize;
-    // SAFETY: `sig` is live; `count` is a valid out-pointer.
-    check("LiteRtGetNumSignatureOutputs", unsafe {
-        (api.get_num_signature_outputs)(sig, &mut count)
-    })?;
-    for i in 0..count {
-        let mut name = ptr::null();
-        let mut t = ptr::null_mut();
-        // SAFETY: `sig` is live, i < count; out-pointers are valid.
-        check("LiteRtGetSignatureOutputName", unsafe {
-            (api.get_signature_output_name)(sig, i, &mut name)
-        })?;
-        // SAFETY: as above.
-        check("LiteRtGetSignatureOutputTensorByIndex", unsafe {
-            (api.get_signature_output_tensor)(sig, i, &mut t)
-        })?;
-        // SAFETY: `name` is null or a NUL-terminated string owned by the live model.
-        let name = unsafe { c_str(name) };
-        let t = non_null("LiteRtGetSignatureOutputTensorByIndex", t)?;
-        let (spec, ty) = tensor_spec(api, "output", i, name, t)?;
-        outputs.push(spec);
-        output_types.push(ty);
-    }
+    let (inputs, input_types) = signature_side(api, sig, &INPUTS)?;
+    let (outputs, output_types) = signature_side(api, sig, &OUTPUTS)?;
     Ok((inputs, outputs, input_types, output_types))
+}
+
+type CountFn = unsafe extern "C" fn(Signature, *mut usize) -> Status;
+type NameFn = unsafe extern "C" fn(Signature, usize, *mut *const c_char) -> Status;
+type TensorFn = unsafe extern "C" fn(Signature, usize, *mut LrtTensor) -> Status;
+
+/// The entry points that walk one side (inputs or outputs) of a signature, with the symbol
+/// names used in error messages: LiteRT mirrors the two sides function for function.
+struct SignatureSide {
+    role: &'static str,
+    count: (&'static str, fn(&Api) -> CountFn),
+    name: (&'static str, fn(&Api) -> NameFn),
+    tensor: (&'static str, fn(&Api) -> TensorFn),
+}
+
+const INPUTS: SignatureSide = SignatureSide {
+    role: "input",
+    count: ("LiteRtGetNumSignatureInputs", |a| {
+        a.get_num_signature_inputs
+    }),
+    name: ("LiteRtGetSignatureInputName", |a| {
+        a.get_signature_input_name
+    }),
+    tensor: ("LiteRtGetSignatureInputTensorByIndex", |a| {
+        a.get_signature_input_tensor
+    }),
+};
+
+const OUTPUTS: SignatureSide = SignatureSide {
+    role: "output",
+    count: ("LiteRtGetNumSignatureOutputs", |a| {
+        a.get_num_signature_outputs
+    }),
+    name: ("LiteRtGetSignatureOutputName", |a| {
+        a.get_signature_output_name
+    }),
+    tensor: ("LiteRtGetSignatureOutputTensorByIndex", |a| {
+        a.get_signature_output_tensor
+    }),
+};
+
+/// Specs and LiteRT tensor types of one side of a live signature, in signature order.
+fn signature_side(
+    api: &Api,
+    sig: Signature,
+    side: &SignatureSide,
+) -> Result<(Vec<IoSpec>, Vec<RankedTensorType>), TfliteError> {
+    let mut specs = Vec::new();
+    let mut types = Vec::new();
+    let mut count = 0usize;
+    // SAFETY: `sig` is live; `count` is a valid out-pointer.
+    check(side.count.0, unsafe {
+        (side.count.1)(api)(sig, &mut count)
+    })?;
+    for i in 0..count {
+        let mut name = ptr::null();
+        let mut t = ptr::null_mut();
+        // SAFETY: `sig` is live, i < count; out-pointers are valid.
+        check(side.name.0, unsafe {
+            (side.name.1)(api)(sig, i, &mut name)
+        })?;
+        // SAFETY: as above.
+        check(side.tensor.0, unsafe {
+            (side.tensor.1)(api)(sig, i, &mut t)
+        })?;
+        // SAFETY: `name` is null or a NUL-terminated string owned by the live model.
+        let name = unsafe { c_str(name) };
+        let t = non_null(side.tensor.0, t)?;
+        let (spec, ty) = tensor_spec(api, side.role, i, name, t)?;
+        specs.push(spec);
+        types.push(ty);
+    }
+    Ok((specs, types))
 }
 
 /// Name, type and quantisation of one signature input/output. The reported name is the graph
