@@ -154,7 +154,10 @@ impl Model {
                     tract_backend::TractBackend::load(&bytes, m, threads).map_err(backend_err)?,
                 )
             }
-            Format::Tflite => tflite_backend(&model_path, threads, opts)?,
+            Format::Tflite => {
+                let bytes = package.read(&m.model.file)?;
+                tflite_backend(&model_path, &bytes, threads, opts)?
+            }
         };
         let load_ms = ms(t0);
         let t1 = Instant::now();
@@ -292,6 +295,7 @@ pub fn backend_plan_facts(
 #[cfg(any(feature = "tflite", feature = "tflitec"))]
 fn tflite_backend(
     path: &Path,
+    bytes: &[u8],
     threads: usize,
     opts: &LoadOptions,
 ) -> Result<Box<dyn Backend>, ModelError> {
@@ -300,7 +304,7 @@ fn tflite_backend(
         library: opts.tflite_library.clone(),
         kernels: None,
     };
-    tflite::TfliteModel::load_with_options(path, &options)
+    tflite::TfliteModel::load_bytes(path, bytes, &options)
         .map(|m| Box::new(m) as Box<dyn Backend>)
         .map_err(|e| ModelError::Backend {
             path: path.to_path_buf(),
@@ -311,6 +315,7 @@ fn tflite_backend(
 #[cfg(not(any(feature = "tflite", feature = "tflitec")))]
 fn tflite_backend(
     path: &Path,
+    _bytes: &[u8],
     _threads: usize,
     _opts: &LoadOptions,
 ) -> Result<Box<dyn Backend>, ModelError> {

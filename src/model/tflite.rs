@@ -321,17 +321,32 @@ impl TfliteModel {
         model_path: &Path,
         options: &LoadOptions,
     ) -> Result<TfliteModel, TfliteError> {
-        let library = match &options.library {
-            Some(lib) if !lib.exists() => {
-                return Err(TfliteError::LibraryNotFound {
-                    searched: vec![lib.clone()],
-                    details: String::new(),
-                })
-            }
-            Some(lib) => open_library(lib)?,
-            None => find_library()?,
-        };
-        check_model_file(model_path)?;
+        let library = resolve_library(options)?;
+        let bytes = read_model_file(model_path)?;
+        Self::load_bytes_with_library(library, model_path, &bytes, options)
+    }
+
+    /// Loads a model from bytes the caller already holds (and has verified: the package
+    /// loader hands over exactly the bytes whose sha256 it checked, so nothing is re-read
+    /// from disk). `origin` only names the model in errors.
+    pub fn load_bytes(
+        origin: &Path,
+        bytes: &[u8],
+        options: &LoadOptions,
+    ) -> Result<TfliteModel, TfliteError> {
+        Self::load_bytes_with_library(resolve_library(options)?, origin, bytes, options)
+    }
+
+    fn load_bytes_with_library(
+        library: Arc<RuntimeLibrary>,
+        model_path: &Path,
+        bytes: &[u8],
+        options: &LoadOptions,
+    ) -> Result<TfliteModel, TfliteError> {
+        check_model_header(model_path, bytes)?;
+        // One aligned copy, owned by the engine for the model's whole life: TfLite reads the
+        // FlatBuffer in place.
+        let model_bytes = AlignedBytes::from_slice(bytes);
         let threads = options.threads;
         let threads_c = if threads == 0 {
             None
@@ -347,7 +362,7 @@ impl TfliteModel {
                     None => CpuKernels::from_env()?,
                 };
                 (
-                    litert_api::load(api, model_path, threads_c, kernels)?,
+                    litert_api::load(api, model_path, model_bytes, threads_c, kernels)?,
                     kernels,
                 )
             }
@@ -359,7 +374,10 @@ impl TfliteModel {
                         library.path.display()
                     )));
                 }
-                (tflite_c_api::load(api, model_path, threads_c)?, None)
+                (
+                    tflite_c_api::load(api, model_path, model_bytes, threads_c)?,
+                    None,
+                )
             }
         };
         Ok(TfliteModel {
@@ -635,8 +653,21 @@ fn read_note(lib: &Path) -> Option<String> {
 /// Cheap sanity check before handing the file to the runtime: it exists, is a regular file and
 /// carries the TFLite FlatBuffer identifier `TFL3`. (Older TfLite C runtimes do not verify the
 /// FlatBuffer before using it; LiteRT does.)
-fn check_model_file(path: &Path) -> Result<(), TfliteError> {
-    use std::io::Read;
+/// The library `options` name, or the default lookup. A named library that does not exist is
+/// an error, never a silent fallback to another runtime.
+fn resolve_library(options: &LoadOptions) -> Result<Arc<RuntimeLibrary>, TfliteError> {
+    match &options.library {
+        Some(lib) if !lib.exists() => Err(TfliteError::LibraryNotFound {
+            searched: vec![lib.clone()],
+            details: String::new(),
+        }),
+        Some(lib) => open_library(lib),
+        None => find_library(),
+    }
+}
+
+/// Reads a model file for the path-based entry points (bounded: a model is never huge).
+fn read_model_file(path: &Path) -> Result<Vec<u8>, TfliteError> {
     let err = |reason: String| TfliteError::ModelLoad {
         path: path.to_path_buf(),
         reason,
@@ -645,35 +676,19 @@ fn check_model_file(path: &Path) -> Result<(), TfliteError> {
     if !meta.is_file() {
         return Err(err("not a regular file".into()));
     }
-    let mut head = [0u8; 8];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .map_err(|e| err(format!("cannot read the FlatBuffer header: {e}")))?;
-    if &head[4..8] != b"TFL3" {
-        return Err(err(
-            "not a TFLite model (FlatBuffer identifier \"TFL3\" missing)".into(),
-        ));
-    }
-    Ok(())
+    std::fs::read(path).map_err(|e| err(e.to_string()))
 }
 
-fn path_cstring(path: &Path) -> Result<std::ffi::CString, TfliteError> {
-    let err = |reason: &str| TfliteError::ModelLoad {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    };
-    #[cfg(unix)]
-    let bytes = {
-        use std::os::unix::ffi::OsStrExt;
-        path.as_os_str().as_bytes().to_vec()
-    };
-    #[cfg(not(unix))]
-    let bytes = path
-        .to_str()
-        .ok_or_else(|| err("path is not valid UTF-8"))?
-        .as_bytes()
-        .to_vec();
-    std::ffi::CString::new(bytes).map_err(|_| err("path contains a NUL byte"))
+/// The FlatBuffer file identifier: refuse anything that is not a TFLite model before any
+/// runtime parses it.
+fn check_model_header(path: &Path, bytes: &[u8]) -> Result<(), TfliteError> {
+    if bytes.get(4..8) != Some(b"TFL3".as_slice()) {
+        return Err(TfliteError::ModelLoad {
+            path: path.to_path_buf(),
+            reason: "not a TFLite model (FlatBuffer identifier \"TFL3\" missing)".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Copies a C string owned by the runtime, `""` for null.
@@ -816,16 +831,15 @@ struct AlignedBytes {
 struct AlignedChunk([u8; 64]);
 
 impl AlignedBytes {
-    fn read(path: &Path) -> std::io::Result<AlignedBytes> {
-        let data = std::fs::read(path)?;
+    fn from_slice(data: &[u8]) -> AlignedBytes {
         let mut chunks = vec![AlignedChunk([0; 64]); data.len().div_ceil(64)];
         for (chunk, src) in chunks.iter_mut().zip(data.chunks(64)) {
             chunk.0[..src.len()].copy_from_slice(src);
         }
-        Ok(AlignedBytes {
+        AlignedBytes {
             chunks,
             len: data.len(),
-        })
+        }
     }
 
     fn as_ptr(&self) -> *const u8 {

@@ -340,13 +340,10 @@ impl Drop for LiteRtEngine {
 pub(super) fn load(
     api: &Api,
     model_path: &Path,
+    model_bytes: AlignedBytes,
     threads: Option<i32>,
     kernels: Option<CpuKernels>,
 ) -> Result<Loaded, TfliteError> {
-    let model_bytes = AlignedBytes::read(model_path).map_err(|e| TfliteError::ModelLoad {
-        path: model_path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
     let mut e = LiteRtEngine {
         api: *api,
         env: ptr::null_mut(),

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::ptr;
 
 use super::{
-    c_str, element_count, path_cstring, quant_for, shape_from_dims, symbol, Engine, IoSpec, Loaded,
+    c_str, element_count, quant_for, shape_from_dims, symbol, AlignedBytes, Engine, IoSpec, Loaded,
     TfliteError,
 };
 use crate::tensor::DType;
@@ -65,7 +65,7 @@ macro_rules! api {
 
 api! {
     version: "TfLiteVersion" => fn() -> *const c_char;
-    model_create_from_file: "TfLiteModelCreateFromFile" => fn(*const c_char) -> *mut ModelT;
+    model_create: "TfLiteModelCreate" => fn(*const c_void, usize) -> *mut ModelT;
     model_delete: "TfLiteModelDelete" => fn(*mut ModelT);
     options_create: "TfLiteInterpreterOptionsCreate" => fn() -> *mut OptionsT;
     options_delete: "TfLiteInterpreterOptionsDelete" => fn(*mut OptionsT);
@@ -153,6 +153,9 @@ struct TfLiteCEngine {
     interpreter: *mut InterpreterT,
     input_sizes: Vec<usize>,
     output_sizes: Vec<usize>,
+    /// The model's FlatBuffer: TfLiteModelCreate does not copy it, so it must outlive
+    /// `model`. Fields drop after `Drop::drop` has deleted the model.
+    model_bytes: AlignedBytes,
 }
 
 // SAFETY: the engine exclusively owns its TfLite objects. A TfLite interpreter is not bound to
@@ -171,7 +174,7 @@ impl Drop for TfLiteCEngine {
             unsafe { (self.fns.options_delete)(self.options) };
         }
         if !self.model.is_null() {
-            // SAFETY: created by TfLiteModelCreateFromFile, owned here, deleted once, after the
+            // SAFETY: created by TfLiteModelCreate, owned here, deleted once, after the
             // interpreter built from it.
             unsafe { (self.fns.model_delete)(self.model) };
         }
@@ -181,10 +184,10 @@ impl Drop for TfLiteCEngine {
 pub(super) fn load(
     api: &Api,
     model_path: &Path,
+    model_bytes: AlignedBytes,
     threads: Option<i32>,
 ) -> Result<Loaded, TfliteError> {
     let f = api.fns;
-    let c_path = path_cstring(model_path)?;
     let mut e = TfLiteCEngine {
         fns: f,
         model: ptr::null_mut(),
@@ -192,18 +195,19 @@ pub(super) fn load(
         interpreter: ptr::null_mut(),
         input_sizes: Vec::new(),
         output_sizes: Vec::new(),
+        model_bytes,
     };
     let model_err = |reason: String| TfliteError::ModelLoad {
         path: model_path.to_path_buf(),
         reason,
     };
 
-    // SAFETY: `c_path` is NUL-terminated and outlives the call. The runtime maps the file
-    // itself, so no caller buffer has to outlive the model.
-    e.model = unsafe { (f.model_create_from_file)(c_path.as_ptr()) };
+    // SAFETY: the buffer is `len` readable bytes owned by the engine, which deletes the model
+    // before the buffer is freed (see `Drop`).
+    e.model = unsafe { (f.model_create)(e.model_bytes.as_ptr().cast(), e.model_bytes.len()) };
     if e.model.is_null() {
         return Err(model_err(
-            "TfLiteModelCreateFromFile returned null (not a valid TFLite model?)".into(),
+            "TfLiteModelCreate returned null (not a valid TFLite model?)".into(),
         ));
     }
     // SAFETY: no arguments; returns an owned options object or null.
