@@ -24,11 +24,12 @@
 //! Default names: `libLiteRt.so` (feature `tflite`), `libtensorflowlite_c.so` (feature
 //! `tflitec`); both, in that order, when both features are on.
 //!
-//! Model files: `check_model_file` rejects anything without the `TFL3` FlatBuffer identifier;
-//! LiteRT then verifies the whole FlatBuffer (the model is handed over as an aligned in-memory
-//! copy, because LiteRT 2.1.4 only verifies buffers, not files). The classic TfLite C API does
-//! not verify FlatBuffers: under it a crafted file with a valid identifier can crash the process,
-//! so it must only see sha256-checked model packages (which is what the model loader does).
+//! Model bytes: the package loader hands over the bytes whose sha256 it checked
+//! (`TfliteModel::load_bytes`); `check_model_header` rejects anything without the `TFL3`
+//! FlatBuffer identifier, and both engines get one aligned in-memory copy that lives as long
+//! as the model. LiteRT then verifies the whole FlatBuffer (2.1.4 only verifies buffers, not
+//! files). The classic TfLite C API does not verify FlatBuffers: under it crafted bytes with a
+//! valid identifier can crash the process, so it must only see sha256-checked packages.
 //!
 //! A loaded library is never unloaded (C++ runtimes with worker threads do not survive
 //! `dlclose` reliably); every model keeps an `Arc` to it in any case.
