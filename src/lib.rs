@@ -11,5 +11,6 @@ pub mod npy;
 pub mod postprocess;
 pub mod preprocess;
 pub mod procfs;
+pub mod serve;
 pub mod tensor;
 pub mod thermal;

@@ -13,6 +13,7 @@ use beltbox::model::{LoadOptions, Model, ModelError};
 use beltbox::preprocess::InputKind;
 
 mod plan;
+mod serve;
 mod thermal;
 
 #[derive(Parser)]
@@ -113,6 +114,24 @@ a malformed --budget (sizes: plain bytes, or K/M/G/T with optional iB/B, e.g. 51
 300M). See docs/memory.md for what each line means and how accurate it is."
     )]
     Plan(plan::PlanArgs),
+    /// The service: KServe v2 HTTP API, Prometheus /metrics, systemd notify/watchdog.
+    #[command(
+        after_help = "Examples:\n  beltbox run\n  beltbox run --config /etc/beltbox/beltbox.toml\n  beltbox run --listen 127.0.0.1:9000 --listen unix:/tmp/beltbox.sock --model digits-int8-qoperator --workers 2\n\n\
+With no config, serves the bundled default model (digits-int8-qdq) on 127.0.0.1:8080. Flags \
+override the config. Every model is planned against the RAM budget before it loads (exit 3 if it \
+does not fit), verified and golden-checked; then the service reports READY to systemd. SIGTERM \
+drains in-flight requests and exits 0. Endpoints: /v2, /v2/health/{live,ready}, \
+/v2/models/NAME[/versions/V][/ready|/infer], /metrics. See docs/service.md."
+    )]
+    Run(serve::RunArgs),
+    /// Open-loop load against a running service (loopback only): throughput, latency
+    /// percentiles and rejection rate per offered rate.
+    #[command(
+        after_help = "Examples:\n  beltbox loadgen\n  beltbox loadgen --model mobilenetv2-bench-int8-qdq --rates 10,50,100 --duration 10s\n  beltbox loadgen --input models/digits-int8-qdq/golden/003.pgm --json\n\n\
+Latency is measured from when each request was due (open loop), so queueing shows up in the \
+percentiles instead of slowing the generator down."
+    )]
+    Loadgen(serve::LoadgenArgs),
 }
 
 #[derive(clap::Args)]
@@ -143,6 +162,8 @@ pub enum CliError {
     Thermal(beltbox::thermal::ThermalError),
     #[error(transparent)]
     Plan(plan::PlanError),
+    #[error(transparent)]
+    Run(serve::RunError),
 }
 
 impl CliError {
@@ -152,6 +173,7 @@ impl CliError {
             CliError::Output(_) => 1,
             CliError::Thermal(e) if !e.is_input_error() => 1,
             CliError::Plan(e) => e.exit_code(),
+            CliError::Run(e) => e.exit_code(),
             _ => 2,
         }
     }
@@ -198,6 +220,8 @@ pub fn main() -> ExitCode {
         Command::Thermal(args) => thermal::thermal_cmd(&args),
         Command::Soak(args) => thermal::soak_cmd(&args),
         Command::Plan(args) => plan::plan_cmd(&args),
+        Command::Run(args) => serve::run_cmd(&args),
+        Command::Loadgen(args) => serve::loadgen_cmd(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -210,20 +234,7 @@ pub fn main() -> ExitCode {
 
 /// A package argument: an existing directory, else a bundled package name.
 fn resolve_model(arg: &str) -> Result<PathBuf, CliError> {
-    let direct = PathBuf::from(arg);
-    if direct.join("manifest.toml").is_file() || arg.contains('/') {
-        return Ok(direct);
-    }
-    let mut roots: Vec<PathBuf> = Vec::new();
-    if let Some(d) = std::env::var_os("BELTBOX_MODELS_DIR") {
-        roots.push(d.into());
-    }
-    roots.push("models".into());
-    roots.push("/usr/share/beltbox/models".into());
-    roots
-        .into_iter()
-        .map(|r| r.join(arg))
-        .find(|p| p.join("manifest.toml").is_file())
+    beltbox::model::package::resolve(arg, None)
         .ok_or_else(|| CliError::ModelNotFound(arg.to_string()))
 }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use beltbox::board::{self, BoardError};
 use beltbox::memory::budget::human;
-use beltbox::memory::{self, Budget, BudgetSource, MemoryError, Plan, PlanInputs, PreprocessFacts};
+use beltbox::memory::{self, Budget, BudgetSource, MemoryError, Plan};
 use beltbox::model::package::Package;
 use beltbox::model::{self, ModelError};
 
@@ -78,21 +78,6 @@ fn parse_frame(s: &str) -> Result<(u64, u64), PlanError> {
     Ok((w, h))
 }
 
-fn preprocess_facts(m: &model::manifest::Manifest, frame: Option<(u64, u64)>) -> PreprocessFacts {
-    let (h, w, c) = m.input.hwc();
-    let [rh, rw] = m.input.preprocess.resize;
-    let (fw, fh) = frame.unwrap_or((rw as u64, rh as u64));
-    PreprocessFacts {
-        frame_width: fw,
-        frame_height: fh,
-        frame_channels: m.input.preprocess.color.channels() as u64,
-        tensor_height: h as u64,
-        tensor_width: w as u64,
-        tensor_channels: c as u64,
-        tensor_elem_bytes: m.input.dtype.size_of() as u64,
-    }
-}
-
 #[derive(Serialize)]
 struct Report<'a> {
     #[serde(flatten)]
@@ -137,22 +122,7 @@ pub fn plan_cmd(args: &PlanArgs) -> Result<(), CliError> {
     let threads = args.model.threads as usize;
     // `Package::open` has just hashed this file, so it exists; if it vanished since, the
     // backend build below reports it properly.
-    let file_bytes = std::fs::metadata(dir.join(&m.model.file))
-        .map(|md| md.len())
-        .unwrap_or(0);
-    let inputs = PlanInputs {
-        model: m.name.clone(),
-        version: m.version.to_string(),
-        threads,
-        model_file_bytes: file_bytes,
-        preprocess: preprocess_facts(m, frame),
-    };
-    let facts = model::backend_plan_facts(&package, threads)?;
-    // No graph facts: a runtime that keeps its plan to itself (TFLite).
-    let plan = match &facts {
-        Some(g) => Plan::from_graph(&inputs, g),
-        None => Plan::tflite_estimate(&inputs),
-    };
+    let (plan, facts) = model::plan_package(&package, threads, frame)?;
 
     // Listed in the order ties are credited: the operator's flag, the model, the board.
     let mut budgets: Vec<Budget> = flag_budget.into_iter().collect();

@@ -16,6 +16,8 @@ pub const GIB: u64 = 1024 * MIB;
 pub enum BudgetSource {
     /// `--budget SIZE` on the command line.
     Flag { text: String },
+    /// `memory.budget` in the service config.
+    Config { text: String },
     /// `budgets.ram_mib` of the model manifest.
     Manifest { model: String },
     /// The AI share of a board profile's RAM.
@@ -26,6 +28,7 @@ impl std::fmt::Display for BudgetSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BudgetSource::Flag { text } => write!(f, "--budget {text}"),
+            BudgetSource::Config { text } => write!(f, "config memory.budget {text}"),
             BudgetSource::Manifest { model } => write!(f, "manifest budgets.ram_mib of {model}"),
             BudgetSource::Board { board } => write!(f, "board {board} AI RAM share"),
         }

@@ -7,10 +7,12 @@
 //! - [`ota`]: can model B be loaded while A serves (pure).
 //! - [`tract`]: the adapter that turns an optimised tract plan into plain facts.
 //! - [`alloc`]: the counting global allocator (installed by the binary).
+//! - [`admission`]: the service's run-time gate: reservations against the budget.
 //!
-//! Runtime enforcement (admission control in the service) builds on [`Plan`] (e.g.
-//! [`Plan::activation_bytes`] per in-flight request) and [`Budget`].
+//! Runtime enforcement: the service refuses a model whose plan does not fit, and admits
+//! requests through [`admission::Gate`] with [`Plan::per_request_bytes`] each.
 
+pub mod admission;
 pub mod alloc;
 pub mod budget;
 pub mod ota;

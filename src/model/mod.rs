@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::memory::{GraphFacts, Plan, PlanInputs, PreprocessFacts};
 use crate::postprocess::{self, Class};
 use crate::preprocess::{self, InputKind, PreprocessError};
 use crate::tensor::Tensor;
@@ -290,6 +291,52 @@ pub fn backend_plan_facts(
         }
         Format::Tflite => Ok(None),
     }
+}
+
+/// What preprocessing allocates for one frame of `frame` (width, height) pixels — the
+/// model's own input size when `None` (frames arrive at model resolution).
+pub fn preprocess_facts(m: &manifest::Manifest, frame: Option<(u64, u64)>) -> PreprocessFacts {
+    let (h, w, c) = m.input.hwc();
+    let [rh, rw] = m.input.preprocess.resize;
+    let (fw, fh) = frame.unwrap_or((rw as u64, rh as u64));
+    PreprocessFacts {
+        frame_width: fw,
+        frame_height: fh,
+        frame_channels: m.input.preprocess.color.channels() as u64,
+        tensor_height: h as u64,
+        tensor_width: w as u64,
+        tensor_channels: c as u64,
+        tensor_elem_bytes: m.input.dtype.size_of() as u64,
+    }
+}
+
+/// The RAM plan of an opened package (no golden self-check, nothing served): liveness
+/// over the optimised graph, or the file-size estimate for runtimes that keep their
+/// plan to themselves (TFLite). Returns the graph facts too, for reports.
+pub fn plan_package(
+    package: &Package,
+    threads: usize,
+    frame: Option<(u64, u64)>,
+) -> Result<(Plan, Option<GraphFacts>), ModelError> {
+    let m = &package.manifest;
+    // `Package::open` has just hashed this file, so it exists; if it vanished since, the
+    // backend build below reports it properly.
+    let file_bytes = std::fs::metadata(package.dir.join(&m.model.file))
+        .map(|md| md.len())
+        .unwrap_or(0);
+    let inputs = PlanInputs {
+        model: m.name.clone(),
+        version: m.version.to_string(),
+        threads,
+        model_file_bytes: file_bytes,
+        preprocess: preprocess_facts(m, frame),
+    };
+    let facts = backend_plan_facts(package, threads)?;
+    let plan = match &facts {
+        Some(g) => Plan::from_graph(&inputs, g),
+        None => Plan::tflite_estimate(&inputs),
+    };
+    Ok((plan, facts))
 }
 
 #[cfg(any(feature = "tflite", feature = "tflitec"))]

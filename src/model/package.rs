@@ -138,3 +138,28 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, PackageError> {
     }
     Ok(bytes)
 }
+
+/// Where bundled package names are looked up, in order: `extra` (e.g. the service
+/// config's `models.dir`), `$BELTBOX_MODELS_DIR`, `./models`, `/usr/share/beltbox/models`.
+pub fn search_dirs(extra: Option<&Path>) -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = extra.map(Path::to_path_buf).into_iter().collect();
+    if let Some(d) = std::env::var_os("BELTBOX_MODELS_DIR") {
+        roots.push(d.into());
+    }
+    roots.push("models".into());
+    roots.push("/usr/share/beltbox/models".into());
+    roots
+}
+
+/// A package argument: an existing package directory (or anything with a `/`, so a
+/// mistyped path is reported as that path), else the name of a bundled package.
+pub fn resolve(arg: &str, extra: Option<&Path>) -> Option<PathBuf> {
+    let direct = PathBuf::from(arg);
+    if direct.join("manifest.toml").is_file() || arg.contains('/') {
+        return Some(direct);
+    }
+    search_dirs(extra)
+        .into_iter()
+        .map(|r| r.join(arg))
+        .find(|p| p.join("manifest.toml").is_file())
+}

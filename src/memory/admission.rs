@@ -1,0 +1,172 @@
+//! Run-time admission against the RAM budget: a request may start only while the memory
+//! it is planned to need fits beside what is already committed.
+//!
+//! The service measures its heap once models are loaded and warm (the baseline), so the
+//! gate's limit is `heap budget - baseline`. Each request reserves, before its body is
+//! even read, an upper bound of what it will allocate (body, decoded tensors, the plan's
+//! per-request activations) and releases it when its response is written. The sum of
+//! reservations never exceeds the limit, so the heap never exceeds the budget as long as
+//! the per-request bounds hold — the integration tests check that against the counting
+//! allocator's high-water mark.
+//!
+//! Why reservations and not the allocator's live count: live bytes lag (a request that
+//! was admitted has not allocated yet), so two requests checked at once would both see
+//! room. Reservations are taken under one lock and cannot race.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+/// Pure policy: may `need` more bytes be reserved?
+pub fn fits(reserved: u64, need: u64, limit: u64) -> bool {
+    reserved.checked_add(need).is_some_and(|t| t <= limit)
+}
+
+#[derive(Debug)]
+pub struct Gate {
+    limit: u64,
+    reserved: Mutex<u64>,
+    freed: Condvar,
+}
+
+/// Bytes held for one request; released on drop.
+#[derive(Debug)]
+pub struct Reservation {
+    gate: Arc<Gate>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // A poisoned lock means a panic elsewhere while holding it; the count is still a
+        // plain integer, so keep using it.
+        let mut r = self.gate.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        *r = r.saturating_sub(self.bytes);
+        drop(r);
+        self.gate.freed.notify_all();
+    }
+}
+
+impl Reservation {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Gate {
+    /// `limit` in bytes; `u64::MAX` for "no budget".
+    pub fn new(limit: u64) -> Arc<Gate> {
+        Arc::new(Gate {
+            limit,
+            reserved: Mutex::new(0),
+            freed: Condvar::new(),
+        })
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    pub fn reserved(&self) -> u64 {
+        *self.reserved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserves `need` bytes, waiting for other requests to release memory until
+    /// `deadline`. `None` when it does not fit by then — or can never fit (`need` over the
+    /// whole limit), which is answered at once rather than after a pointless wait.
+    pub fn reserve_until(self: &Arc<Gate>, need: u64, deadline: Instant) -> Option<Reservation> {
+        if need > self.limit {
+            return None;
+        }
+        let mut r = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if fits(*r, need, self.limit) {
+                *r += need;
+                return Some(Reservation {
+                    gate: Arc::clone(self),
+                    bytes: need,
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            r = self
+                .freed
+                .wait_timeout(r, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn policy() {
+        assert!(fits(0, 10, 10));
+        assert!(!fits(1, 10, 10));
+        assert!(!fits(u64::MAX, 1, u64::MAX));
+    }
+
+    #[test]
+    fn reservations_add_up_and_release_on_drop() {
+        let g = Gate::new(100);
+        let soon = || Instant::now() + Duration::from_millis(20);
+        let a = g.reserve_until(60, soon()).unwrap();
+        assert_eq!(g.reserved(), 60);
+        assert!(g.reserve_until(50, soon()).is_none());
+        let b = g.reserve_until(40, soon()).unwrap();
+        assert_eq!(g.reserved(), 100);
+        drop(a);
+        assert_eq!(g.reserved(), 40);
+        drop(b);
+        assert_eq!(g.reserved(), 0);
+        assert!(g
+            .reserve_until(101, Instant::now() + Duration::from_secs(60))
+            .is_none());
+    }
+
+    #[test]
+    fn a_waiter_gets_memory_when_another_request_finishes() {
+        let g = Gate::new(100);
+        let held = g.reserve_until(80, Instant::now()).unwrap();
+        let g2 = Arc::clone(&g);
+        let t = std::thread::spawn(move || {
+            g2.reserve_until(50, Instant::now() + Duration::from_secs(10))
+                .map(|r| r.bytes())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        drop(held);
+        assert_eq!(t.join().unwrap(), Some(50));
+    }
+
+    #[test]
+    fn concurrent_reservations_never_exceed_the_limit() {
+        let g = Gate::new(1000);
+        let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let g = Arc::clone(&g);
+                let peak = Arc::clone(&peak);
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        if let Some(r) =
+                            g.reserve_until(100 + i * 37, Instant::now() + Duration::from_millis(5))
+                        {
+                            peak.fetch_max(g.reserved(), std::sync::atomic::Ordering::Relaxed);
+                            drop(r);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(peak.load(std::sync::atomic::Ordering::Relaxed) <= 1000);
+        assert_eq!(g.reserved(), 0);
+    }
+}
