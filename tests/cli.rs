@@ -6,22 +6,6 @@ use common::*;
 
 const DIGITS_ONNX: [&str; 3] = ["digits-fp32", "digits-int8-qdq", "digits-int8-qoperator"];
 
-fn golden_samples(pkg: &str) -> Vec<(String, u64)> {
-    let text = std::fs::read_to_string(models().join(pkg).join("manifest.toml")).unwrap();
-    let v: toml::Value = toml::from_str(&text).unwrap();
-    v["golden"]["samples"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["input"].as_str().unwrap().to_string(),
-                s["label"].as_integer().unwrap() as u64,
-            )
-        })
-        .collect()
-}
-
 fn infer_label(pkg: &str, input: &str) -> (u64, serde_json::Value) {
     let model = format!("models/{pkg}");
     let input = format!("models/{pkg}/{input}");

@@ -169,18 +169,9 @@ fn metric(text: &str, series: &str) -> f64 {
 
 fn golden() -> Vec<(PathBuf, usize)> {
     let dir = common::models().join(MODEL);
-    let text = std::fs::read_to_string(dir.join("manifest.toml")).unwrap();
-    let v: toml::Value = toml::from_str(&text).unwrap();
-    v["golden"]["samples"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                dir.join(s["input"].as_str().unwrap()),
-                s["label"].as_integer().unwrap() as usize,
-            )
-        })
+    common::golden_samples(MODEL)
+        .into_iter()
+        .map(|(input, label)| (dir.join(input), label as usize))
         .collect()
 }
 

@@ -83,3 +83,20 @@ pub fn edit_manifest(pkg: &Path, f: impl FnOnce(String) -> String) {
     let text = std::fs::read_to_string(&p).unwrap();
     std::fs::write(&p, f(text)).unwrap();
 }
+
+/// (input path relative to the package, label) of every golden sample of a bundled package.
+pub fn golden_samples(pkg: &str) -> Vec<(String, u64)> {
+    let text = std::fs::read_to_string(models().join(pkg).join("manifest.toml")).unwrap();
+    let v: toml::Value = toml::from_str(&text).unwrap();
+    v["golden"]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["input"].as_str().unwrap().to_string(),
+                s["label"].as_integer().unwrap() as u64,
+            )
+        })
+        .collect()
+}
