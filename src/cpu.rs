@@ -1,6 +1,11 @@
 //! CPU features that decide which integer kernels can run (logged at load, in bench).
 
 pub fn features() -> Vec<&'static str> {
+    // Other targets (armv7) have no stable runtime feature probe: the list stays empty.
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(unused_mut)
+    )]
     let mut f = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {

@@ -385,14 +385,15 @@ fn missing_library_is_library_not_found() {
 #[test]
 fn non_runtime_library_is_rejected() {
     setup();
-    // A real shared library that is not a TFLite runtime.
-    let libm = [
-        "/lib/x86_64-linux-gnu/libm.so.6",
-        "/lib/aarch64-linux-gnu/libm.so.6",
-    ]
-    .iter()
-    .map(Path::new)
-    .find(|p| p.exists());
+    // A real shared library that is not a TFLite runtime, built for the architecture under
+    // test: under qemu-user the x86_64 host's libm "exists" too, but cannot be loaded.
+    let arch = std::env::consts::ARCH;
+    let candidates = [
+        format!("/lib/{arch}-linux-gnu/libm.so.6"),
+        // Debian's cross sysroot (qemu-user -L /usr/aarch64-linux-gnu) has no multiarch dir.
+        "/lib/libm.so.6".to_string(),
+    ];
+    let libm = candidates.iter().map(Path::new).find(|p| p.exists());
     let Some(libm) = libm else {
         eprintln!("no libm.so.6 at the Debian paths; skipped");
         return;

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Run beltbox's tests for an ARM target under qemu-user (docs/cross.md).
+#
+#   cross/test.sh TARGET [-- CARGO_TEST_ARGS...]
+#
+# aarch64-unknown-linux-gnu: the whole suite with the LiteRT backend
+#   (`cargo test --features tflite`, LiteRT's aarch64 library from cross/fetch-litert.sh),
+#   once per emulated CPU model: cortex-a72 (no dot-product: tract's SMLAL int8 kernels)
+#   and cortex-a76 (FEAT_DotProd: tract's SDOT kernels).
+# armv7-unknown-linux-gnueabihf: the golden-model tests (`cargo test --test golden`; there is
+#   no armv7 LiteRT library) on a Cortex-A7 with tract's NEON kernels, then with its generic
+#   kernels (TRACT_CPU_ARM32_NEON=false).
+#
+# CARGO_TEST_ARGS replace the default selection (`--features tflite` / `--test golden`),
+# e.g. `cross/test.sh aarch64-unknown-linux-gnu -- --features tflite --test golden`.
+# BELTBOX_QEMU_CPUS="cortex-a72 cortex-a76" overrides the CPU models (armv7: one model).
+# Installs what it needs when missing (as cross/build.sh, plus qemu-user >= 8.2 — from
+# bookworm-backports on Debian 12 — and a binfmt_misc entry so that a test can start the
+# foreign beltbox binary). Honours CARGO_TARGET_DIR.
+set -euo pipefail
+# shellcheck source=cross/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+target=""
+user_args=()
+have_user_args=0
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    --)
+        shift
+        user_args=("$@")
+        have_user_args=1
+        break
+        ;;
+    -*) die "unknown option '$1' (see cross/test.sh --help)" ;;
+    *)
+        [ -z "$target" ] || die "more than one target given ('$target', '$1')"
+        target="$1"
+        ;;
+    esac
+    shift
+done
+target_facts "$target"
+
+# Each run: a label and the environment it adds (KEY=VALUE words).
+runs=()
+case "$target" in
+aarch64-unknown-linux-gnu)
+    default_args=(--features tflite)
+    for cpu in ${BELTBOX_QEMU_CPUS:-cortex-a72 cortex-a76}; do
+        runs+=("QEMU_CPU=$cpu")
+    done
+    ;;
+armv7-unknown-linux-gnueabihf)
+    default_args=(--test golden)
+    # Cortex-A7 (tract's NEON kernels tuned for it), then the same with NEON switched off in
+    # tract (its generic Rust kernels, as on a board without NEON).
+    cpu="${BELTBOX_QEMU_CPUS:-cortex-a7}"
+    cpu="${cpu%% *}"
+    runs+=("QEMU_CPU=$cpu" "QEMU_CPU=$cpu TRACT_CPU_ARM32_NEON=false")
+    ;;
+esac
+if [ "$have_user_args" -eq 1 ]; then
+    args=("${user_args[@]}")
+else
+    args=("${default_args[@]}")
+fi
+
+say "== prerequisites for $target"
+ensure_rust_target "$target"
+ensure_apt "${GCC_PKGS[@]}" "${RUN_PKGS[@]}"
+command -v "$LINKER" >/dev/null 2>&1 || die "$LINKER not found after installing ${GCC_PKGS[*]}"
+ensure_qemu "$QEMU_ARCH"
+ensure_binfmt "$QEMU_ARCH"
+if [ -n "$LITERT" ] && [[ " ${args[*]} " == *tflite* ]]; then
+    bash "$CROSS_DIR/fetch-litert.sh" "$LITERT" >/dev/null ||
+        die "could not fetch the LiteRT library for $LITERT"
+fi
+
+cd "$REPO"
+say "== build tests: cargo test --target $target ${args[*]} --no-run"
+t0="$(now)"
+cargo test --target "$target" "${args[@]}" --no-run || die "building the tests for $target failed"
+say "tests built in $(elapsed "$t0") s"
+
+summary=()
+failed=()
+for run in "${runs[@]}"; do
+    say "== tests under qemu-$QEMU_ARCH, $run: cargo test --target $target ${args[*]}"
+    t0="$(now)"
+    # shellcheck disable=SC2086 # $run is KEY=VALUE words
+    if env $run cargo test --target "$target" --no-fail-fast "${args[@]}"; then
+        summary+=("ok     $run  $(elapsed "$t0") s")
+    else
+        summary+=("FAILED $run  $(elapsed "$t0") s")
+        failed+=("$run")
+    fi
+done
+
+say "== summary ($target)"
+for line in "${summary[@]}"; do
+    say "  $line"
+done
+[ "${#failed[@]}" -eq 0 ] || die "tests failed under qemu-$QEMU_ARCH with: ${failed[*]}"
+say "all runs passed"
