@@ -308,3 +308,24 @@ fn usage_errors_exit_2() {
     assert!(o.status.success());
     assert!(stdout(&o).contains("Examples:"));
 }
+
+#[test]
+fn under_journald_log_lines_carry_syslog_priorities() {
+    // journald reads a `<N>` prefix as the line's priority (sd-daemon(3)); a warning must
+    // arrive as priority 4 so `journalctl -p warning` shows it.
+    let empty = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_beltbox"))
+        .args(["thermal", "--sysfs-root"])
+        .arg(empty.path())
+        .env("JOURNAL_STREAM", "8:12345")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("<4>beltbox::thermal") && l.contains("no thermal zones")),
+        "{err}"
+    );
+    assert!(!err.contains("[WARN"), "{err}");
+}

@@ -187,11 +187,31 @@ pub fn init_logging() {
     let mut b = env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER),
     );
-    // Under systemd, journald stamps every line itself.
+    // Under systemd, journald stamps every line itself, and reads a `<N>` syslog priority
+    // prefix on each line (sd-daemon(3)): without it every line lands at the unit's
+    // default priority and `journalctl -p warning` would miss our warnings.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        b.format_timestamp(None);
+        b.format(|buf, record| {
+            writeln!(
+                buf,
+                "<{}>{}: {}",
+                syslog_priority(record.level()),
+                record.target(),
+                record.args()
+            )
+        });
     }
     b.target(env_logger::Target::Stderr).init();
+}
+
+/// sd-daemon priorities: 3 err, 4 warning, 6 info, 7 debug.
+fn syslog_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
 }
 
 pub fn main() -> ExitCode {
