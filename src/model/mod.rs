@@ -227,12 +227,7 @@ impl Model {
         let t1 = Instant::now();
         let outputs = self.run_tensor(&input)?;
         let t2 = Instant::now();
-        let classes = match m.outputs.first() {
-            Some(spec) if spec.task == manifest::Task::Classification => {
-                postprocess::classify(&outputs[0], spec, &self.labels, top_k)
-            }
-            _ => Vec::new(),
-        };
+        let classes = self.classes(&outputs, top_k);
         let t3 = Instant::now();
         Ok(Inference {
             classes,
@@ -243,6 +238,17 @@ impl Model {
                 postprocess_us: us(t3 - t2),
             },
         })
+    }
+
+    /// Top-k classes of the first output when the manifest calls it a classification
+    /// output; empty otherwise.
+    pub fn classes(&self, outputs: &[Tensor], top_k: usize) -> Vec<Class> {
+        match (self.package.manifest.outputs.first(), outputs.first()) {
+            (Some(spec), Some(out)) if spec.task == manifest::Task::Classification => {
+                postprocess::classify(out, spec, &self.labels, top_k)
+            }
+            _ => Vec::new(),
+        }
     }
 
     fn log_loaded(&self) {
@@ -377,6 +383,7 @@ fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
 
-fn us(d: std::time::Duration) -> u64 {
+/// Whole microseconds of a duration, saturating.
+pub(crate) fn us(d: std::time::Duration) -> u64 {
     d.as_micros().min(u64::MAX as u128) as u64
 }

@@ -127,16 +127,9 @@ fn run(shared: &Shared) {
         }
         if last_status.elapsed() >= STATUS_EVERY && shared.notifier.enabled() {
             last_status = Instant::now();
-            let ok: u64 = shared
-                .models()
-                .iter()
-                .map(|m| m.metrics.count(Outcome::Ok))
-                .sum();
-            let rejected: u64 = shared
-                .models()
-                .iter()
-                .map(|m| m.metrics.count(Outcome::Rejected))
-                .sum();
+            let models = shared.models();
+            let count = |o: Outcome| -> u64 { models.iter().map(|m| m.metrics.count(o)).sum() };
+            let (ok, rejected) = (count(Outcome::Ok), count(Outcome::Rejected));
             shared.notifier.status(&format!(
                 "serving: {ok} ok, {rejected} rejected, queue {}/{}",
                 shared.metrics.queue_depth.load(Relaxed),

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use super::kserve::{self, InputTensor};
 use super::metrics::StageUs;
 use super::{ServedModel, Shared};
-use crate::model::manifest::Task;
-use crate::postprocess::{self, Class};
+use crate::model::us;
+use crate::postprocess::Class;
 use crate::tensor::Tensor;
 use crate::thermal::StageSample;
 
@@ -75,10 +75,6 @@ fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>, idx: usize) {
     }
 }
 
-fn us(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
 fn run(shared: &Shared, job: Job) -> JobResult {
     let queued = job.enqueued.elapsed();
     let limit = Duration::from_millis(shared.cfg.queue_timeout_ms);
@@ -126,14 +122,7 @@ fn infer(m: &ServedModel, input: InputTensor, queue_us: u64) -> JobResult {
         }
     })?;
     let t2 = Instant::now();
-    let top1 = match (manifest.outputs.first(), outputs.first()) {
-        (Some(spec), Some(out)) if spec.task == Task::Classification => {
-            postprocess::classify(out, spec, &m.model.labels, 1)
-                .into_iter()
-                .next()
-        }
-        _ => None,
-    };
+    let top1 = m.model.classes(&outputs, 1).into_iter().next();
     let t3 = Instant::now();
     let (pre, inf, post) = (us(t1 - t0), us(t2 - t1), us(t3 - t2));
     Ok(Done {
