@@ -86,6 +86,10 @@ pub struct BenchReport {
     /// Heap high-water mark from process start through load and golden self-check.
     pub alloc_load_peak_bytes: Option<u64>,
     pub throughput_fps: f64,
+    /// Integer vs float nodes of the loaded graph (null for engines that hide theirs).
+    pub op_counts: Option<crate::model::backend::OpCounts>,
+    /// Per-op-type time (`bench --profile`), slowest first.
+    pub profile: Option<Vec<crate::model::backend::OpTime>>,
 }
 
 pub struct BenchConfig<'a> {
@@ -96,6 +100,8 @@ pub struct BenchConfig<'a> {
     pub kind: InputKind,
     /// Called with (done, total) about once a second, for progress on long runs.
     pub progress: &'a dyn Fn(usize, usize),
+    /// Also attribute time to op types over this many extra runs (0: no profile).
+    pub profile_runs: usize,
 }
 
 pub fn run(model: &Model, cfg: &BenchConfig) -> Result<BenchReport, ModelError> {
@@ -119,6 +125,12 @@ pub fn run(model: &Model, cfg: &BenchConfig) -> Result<BenchReport, ModelError> 
         Percentiles::from_us(&timings.iter().map(f).collect::<Vec<_>>())
     };
     let total = pick(|t| t.total_us());
+    // Profiled runs come after the measured ones so their overhead cannot touch the numbers.
+    let profile = if cfg.profile_runs > 0 {
+        model.profile(cfg.input, cfg.kind, cfg.profile_runs)?
+    } else {
+        None
+    };
     let m = model.manifest();
     Ok(BenchReport {
         model: m.name.clone(),
@@ -154,6 +166,8 @@ pub fn run(model: &Model, cfg: &BenchConfig) -> Result<BenchReport, ModelError> 
         } else {
             0.0
         },
+        op_counts: model.op_counts(),
+        profile,
     })
 }
 

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod board;
 pub mod cpu;
 pub mod image;
+pub mod kernels;
 pub mod memory;
 pub mod model;
 pub mod npy;

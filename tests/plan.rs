@@ -39,7 +39,8 @@ fn breakdown_has_every_component_and_fits_the_manifest_budget() {
     }
     let v = plan_json(&["--model", "digits-int8-qdq"]);
     assert_eq!(v["basis"], "optimised_graph");
-    assert!(u(&v, "weights_bytes") > 50_000, "{v}");
+    // int8 weights packed for the integer kernels (~23k parameters), not float copies.
+    assert!(u(&v, "weights_bytes") > 20_000, "{v}");
     assert!(u(&v, "activation_bytes") > 0, "{v}");
     assert_eq!(v["budget"]["source"]["kind"], "manifest");
     assert_eq!(u(&v["budget"], "bytes"), 64 * 1024 * 1024);

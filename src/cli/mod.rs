@@ -78,6 +78,9 @@ peak_rss_bytes, throughput_fps."
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Also time every op type over N more runs and print where the time goes.
+        #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "20")]
+        profile: Option<u32>,
     },
     /// Board profiles: list the bundled ones, show one or the detected board.
     #[command(
@@ -229,12 +232,14 @@ pub fn main() -> ExitCode {
             warmup,
             input,
             json,
+            profile,
         } => bench_cmd(
             &model,
             runs as usize,
             warmup as usize,
             input.as_deref(),
             json,
+            profile.unwrap_or(0) as usize,
         ),
         Command::Board { action } => thermal::board_cmd(action),
         Command::Thermal(args) => thermal::thermal_cmd(&args),
@@ -345,6 +350,7 @@ fn bench_cmd(
     warmup: usize,
     input: Option<&Path>,
     json: bool,
+    profile_runs: usize,
 ) -> Result<(), CliError> {
     let model = load(args)?;
     let (bytes, name) = match input {
@@ -374,6 +380,7 @@ fn bench_cmd(
             input_name: name,
             kind,
             progress: &progress,
+            profile_runs,
         },
     )?;
     if tty {
@@ -407,5 +414,37 @@ fn bench_cmd(
             .unwrap_or_else(|| "unknown".into()),
         report.throughput_fps
     ));
+    if let Some(c) = &report.op_counts {
+        let floats: Vec<String> = c
+            .float_ops
+            .iter()
+            .map(|(op, n)| format!("{op} x{n}"))
+            .collect();
+        out.push_str(&format!(
+            "\n  nodes: {} integer, {} float{}",
+            c.integer,
+            c.float,
+            if floats.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", floats.join(", "))
+            }
+        ));
+    }
+    if let Some(p) = &report.profile {
+        out.push_str(&format!(
+            "\n  {:<28} {:>5} {:>10} {:>6}",
+            "op (profiled)", "nodes", "ms/run", "share"
+        ));
+        for t in p.iter().take(15) {
+            out.push_str(&format!(
+                "\n  {:<28} {:>5} {:>10.3} {:>5.1}%",
+                t.op,
+                t.nodes,
+                t.ms_per_run,
+                t.share * 100.0
+            ));
+        }
+    }
     emit(&out)
 }

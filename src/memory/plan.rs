@@ -30,6 +30,9 @@ pub struct Step {
     pub inputs: Vec<usize>,
     /// Bytes of all of this node's outputs (allocated when the node runs).
     pub output_bytes: u64,
+    /// Bytes the op allocates for itself while it runs and frees before the next step
+    /// (beltbox's integer convolution: im2col and packed activations).
+    pub scratch_bytes: u64,
     pub alias: Alias,
 }
 
@@ -136,8 +139,9 @@ pub fn liveness(steps: &[Step], outputs: &[usize]) -> Liveness {
             None => live += s.output_bytes,
         }
         out.sum_bytes += s.output_bytes;
-        if live > out.peak_bytes || out.peak_step.is_none() {
-            out.peak_bytes = live;
+        let during = live + s.scratch_bytes;
+        if during > out.peak_bytes || out.peak_step.is_none() {
+            out.peak_bytes = during;
             out.peak_step = Some(i);
         }
         for &p in &free_after[i] {
@@ -365,6 +369,7 @@ mod tests {
             op: "Op".into(),
             inputs: inputs.to_vec(),
             output_bytes: bytes,
+            scratch_bytes: 0,
             alias: Alias::None,
         }
     }

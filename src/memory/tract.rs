@@ -24,6 +24,8 @@ use tract_core::ops::konst::Const;
 use tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, ProtoFusedSpec};
 use tract_onnx::prelude::*;
 
+use crate::model::qconv::QConv;
+
 use super::plan::{Alias, GraphFacts, Step};
 use super::MemoryError;
 
@@ -86,6 +88,10 @@ pub fn graph_facts(plan: &TypedRunnableModel) -> Result<GraphFacts, MemoryError>
         if let Some(k) = node.op_as::<Const>() {
             weights_bytes += tensor_bytes(k.val())?;
             const_count += 1;
+        } else if let Some(qc) = node.op_as::<QConv>() {
+            // Packed integer weights live inside the op, not in a Const.
+            weights_bytes += qc.weight_bytes() as u64;
+            const_count += 1;
         } else if let Some(mm) = node.op_as::<OptMatMul>() {
             let w = matmul_weights(mm)?;
             weights_bytes += w;
@@ -130,6 +136,9 @@ pub fn graph_facts(plan: &TypedRunnableModel) -> Result<GraphFacts, MemoryError>
             op,
             inputs: node.inputs.iter().map(|i| i.node).collect(),
             output_bytes,
+            scratch_bytes: node
+                .op_as::<QConv>()
+                .map_or(0, |q| q.scratch_bytes() as u64),
             alias,
         });
     }

@@ -23,4 +23,35 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     /// Engine version and build facts, for the load log and `bench` output.
     fn runtime_version(&self) -> String;
+    /// How many graph nodes compute in integers vs touch floats (engines that expose
+    /// their graph; `None` otherwise).
+    fn op_counts(&self) -> Option<OpCounts> {
+        None
+    }
+    /// Time spent per op type over `runs` inferences of `input`, slowest first (`None` when
+    /// the engine cannot attribute time to ops).
+    fn profile(&self, _input: &Tensor, _runs: usize) -> Result<Option<Vec<OpTime>>, BackendError> {
+        Ok(None)
+    }
+}
+
+/// Integer vs float nodes of a loaded graph (constants and inputs not counted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OpCounts {
+    /// Nodes whose inputs and outputs are all integer tensors.
+    pub integer: usize,
+    /// Nodes reading or writing a float tensor (including quantise/dequantise).
+    pub float: usize,
+    /// The float nodes by op name.
+    pub float_ops: std::collections::BTreeMap<String, usize>,
+}
+
+/// One op type's share of inference time.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct OpTime {
+    pub op: String,
+    pub nodes: usize,
+    pub ms_per_run: f64,
+    /// Fraction of the summed op time.
+    pub share: f64,
 }

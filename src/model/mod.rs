@@ -11,6 +11,8 @@ pub mod golden;
 pub mod manifest;
 pub mod onnx_ops;
 pub mod package;
+pub mod qconv;
+pub mod qdq;
 #[cfg(any(feature = "tflite", feature = "tflitec"))]
 pub mod tflite;
 pub mod tract_backend;
@@ -212,6 +214,28 @@ impl Model {
             }
         }
         Ok(outputs)
+    }
+
+    /// Integer vs float nodes of the loaded graph, when the backend can tell.
+    pub fn op_counts(&self) -> Option<backend::OpCounts> {
+        self.backend.op_counts()
+    }
+
+    /// Per-op-type time over `runs` inferences of `bytes` (after preprocessing).
+    pub fn profile(
+        &self,
+        bytes: &[u8],
+        kind: InputKind,
+        runs: usize,
+    ) -> Result<Option<Vec<backend::OpTime>>, ModelError> {
+        let m = &self.package.manifest;
+        let input = preprocess::prepare(bytes, kind, &m.input)?;
+        self.backend
+            .profile(&input, runs)
+            .map_err(|source| ModelError::Backend {
+                path: self.package.dir.join(&m.model.file),
+                source,
+            })
     }
 
     /// Full pipeline on input bytes: preprocess, run, top-k classes, stage timings.

@@ -10,9 +10,9 @@ use tract_core::runtime::RunOptions;
 use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
 
-use super::backend::{Backend, BackendError};
+use super::backend::{Backend, BackendError, OpCounts, OpTime};
 use super::manifest::Manifest;
-use super::onnx_ops;
+use super::{onnx_ops, qconv, qdq};
 use crate::tensor::{DType, Tensor as BbTensor, TensorData};
 
 /// tract is pinned to this exact version in Cargo.toml (`=0.23.9`); logged at load.
@@ -61,6 +61,14 @@ fn root_cause(e: &TractError) -> String {
         .join(": ")
 }
 
+/// tract's ONNX framework with beltbox's ops: the contrib ops and the integer QLinearConv.
+pub fn framework() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    onnx_ops::register(&mut onnx);
+    qconv::register(&mut onnx);
+    onnx
+}
+
 impl TractBackend {
     pub fn load(
         bytes: &[u8],
@@ -68,12 +76,20 @@ impl TractBackend {
         threads: usize,
     ) -> Result<TractBackend, BackendError> {
         let spec = &manifest.input;
-        let model = contain("cannot parse the ONNX model", || {
-            let mut onnx = tract_onnx::onnx();
-            onnx_ops::register(&mut onnx);
-            onnx.model_for_read(&mut Cursor::new(bytes))
+        let (model, qdq_stats) = contain("cannot parse the ONNX model", || {
+            let onnx = framework();
+            let mut proto = onnx.proto_model_for_read(&mut Cursor::new(bytes))?;
+            let stats = qdq::rewrite(&mut proto);
+            Ok((onnx.model_for_proto_model(&proto)?, stats))
         })
         .map_err(BackendError::Load)?;
+        if qdq_stats.fused_total() > 0 || !qdq_stats.left_float.is_empty() {
+            log::debug!(
+                "QDQ groups fused into integer ops: {:?}; left in float: {:?}",
+                qdq_stats.fused,
+                qdq_stats.left_float
+            );
+        }
 
         let inputs = model
             .input_outlets()
@@ -222,5 +238,82 @@ impl Backend for TractBackend {
 
     fn runtime_version(&self) -> String {
         format!("tract {TRACT_VERSION}")
+    }
+
+    fn op_counts(&self) -> Option<OpCounts> {
+        let model = self.plan.model();
+        let mut counts = OpCounts::default();
+        for &id in self.plan.order_without_consts() {
+            let node = model.node(id);
+            if node.op_is::<tract_core::ops::source::TypedSource>() {
+                continue;
+            }
+            let facts = node
+                .inputs
+                .iter()
+                .filter_map(|i| model.outlet_fact(*i).ok())
+                .chain(node.outputs.iter().map(|o| &o.fact));
+            if facts.into_iter().any(|f| f.datum_type.is_float()) {
+                counts.float += 1;
+                *counts
+                    .float_ops
+                    .entry(node.op.name().to_string())
+                    .or_default() += 1;
+            } else {
+                counts.integer += 1;
+            }
+        }
+        Some(counts)
+    }
+
+    fn profile(&self, input: &BbTensor, runs: usize) -> Result<Option<Vec<OpTime>>, BackendError> {
+        let model = self.plan.model();
+        let mut per_node = vec![std::time::Duration::ZERO; model.nodes().len()];
+        let mut state = self
+            .plan
+            .spawn()
+            .map_err(|e| BackendError::Run(root_cause(&e)))?;
+        let tensor = to_tract(input).map_err(|e| BackendError::Run(root_cause(&e)))?;
+        for _ in 0..runs.max(1) {
+            let input = tvec!(tensor.clone().into_tvalue());
+            contain("profiled inference failed", || {
+                state.run_plan_with_eval(input, |ctx, op_state, node, inputs| {
+                    let t = std::time::Instant::now();
+                    let r = tract_core::plan::eval(ctx, op_state, node, inputs);
+                    per_node[node.id] += t.elapsed();
+                    r
+                })
+            })
+            .map_err(BackendError::Run)?;
+        }
+        let mut by_op: std::collections::HashMap<String, (usize, std::time::Duration)> =
+            Default::default();
+        for (id, d) in per_node.iter().enumerate() {
+            let node = model.node(id);
+            if node.op_is::<tract_core::ops::konst::Const>()
+                || node.op_is::<tract_core::ops::source::TypedSource>()
+            {
+                continue;
+            }
+            let e = by_op.entry(node.op.name().to_string()).or_default();
+            e.0 += 1;
+            e.1 += *d;
+        }
+        let total: f64 = by_op.values().map(|(_, d)| d.as_secs_f64()).sum();
+        let mut out: Vec<OpTime> = by_op
+            .into_iter()
+            .map(|(op, (nodes, d))| OpTime {
+                op,
+                nodes,
+                ms_per_run: d.as_secs_f64() * 1e3 / runs.max(1) as f64,
+                share: if total > 0.0 {
+                    d.as_secs_f64() / total
+                } else {
+                    0.0
+                },
+            })
+            .collect();
+        out.sort_by(|a, b| b.ms_per_run.total_cmp(&a.ms_per_run));
+        Ok(Some(out))
     }
 }
