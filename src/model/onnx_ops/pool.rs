@@ -100,6 +100,9 @@ impl Expansion for QLinearGlobalAveragePool {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
+        if let Some(op) = FusedQGap::build(self, model, inputs)? {
+            return model.wire_node(prefix, op, &inputs[..1]);
+        }
         let x_q = self.x_q.per_tensor(model, inputs, prefix, "x")?;
         let y_q = self.y_q.per_tensor(model, inputs, prefix, "y")?;
         let dt = output_type(model, inputs, self.y_q.zero_point, inputs[0])?;
@@ -148,6 +151,124 @@ impl Expansion for QLinearGlobalAveragePool {
             rounding
         )?))
     }
+}
+
+/// NCHW QLinearGlobalAveragePool with constant parameters as one integer op: per channel,
+/// the exact `i32` sum of `x - x_zp`, times `x_scale / (y_scale * count)`, rounded half to
+/// even, plus `y_zp` — the wired path's steps, in one pass with no float tensors.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FusedQGap {
+    x_zp: i32,
+    /// f32 bits of the multiplier.
+    multiplier: u32,
+    y_zp: i32,
+    dt: DatumType,
+}
+
+impl FusedQGap {
+    fn build(
+        op: &QLinearGlobalAveragePool,
+        model: &TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<Option<FusedQGap>> {
+        let x = model.outlet_fact(inputs[0])?;
+        let dt = x.datum_type.unquantized();
+        if op.format != DataFormat::NCHW
+            || x.rank() < 3
+            || !matches!(dt, DatumType::U8 | DatumType::I8)
+        {
+            return Ok(None);
+        }
+        let Some(count) = x
+            .shape
+            .iter()
+            .skip(2)
+            .map(|d| d.to_usize().ok())
+            .product::<Option<usize>>()
+        else {
+            return Ok(None);
+        };
+        let konst = |ix: Option<usize>| -> TractResult<Option<Arc<Tensor>>> {
+            match ix {
+                Some(i) => Ok(model.outlet_fact(inputs[i])?.konst.clone()),
+                None => Ok(Some(Arc::new(tensor0(0i32)))),
+            }
+        };
+        let (Some(xs), Some(xz), Some(ys), Some(yz)) = (
+            konst(Some(op.x_q.scale))?,
+            konst(op.x_q.zero_point)?,
+            konst(Some(op.y_q.scale))?,
+            konst(op.y_q.zero_point)?,
+        ) else {
+            return Ok(None);
+        };
+        if [&xs, &xz, &ys, &yz].iter().any(|t| t.len() != 1) {
+            return Ok(None);
+        }
+        let out = output_type(model, inputs, op.y_q.zero_point, inputs[0])?.unquantized();
+        if out != dt || count == 0 {
+            return Ok(None);
+        }
+        let denom = ys.cast_to_scalar::<f32>()? * count as f32;
+        Ok(Some(FusedQGap {
+            x_zp: xz.cast_to_scalar::<i32>()?,
+            multiplier: (xs.cast_to_scalar::<f32>()? / denom).to_bits(),
+            y_zp: yz.cast_to_scalar::<i32>()?,
+            dt,
+        }))
+    }
+}
+
+impl Op for FusedQGap {
+    fn name(&self) -> StaticName {
+        "BeltboxQGlobalAveragePool".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for FusedQGap {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = args_1!(inputs);
+        let shape = x.shape();
+        ensure!(
+            shape.len() >= 3,
+            "BeltboxQGlobalAveragePool: rank {} input",
+            shape.len()
+        );
+        let planes = shape[0] * shape[1];
+        let count: usize = shape[2..].iter().product();
+        let mut out_shape: TVec<usize> = shape.into();
+        out_shape[2..].iter_mut().for_each(|d| *d = 1);
+        let mut y = Tensor::zero_dt(self.dt, &out_shape)?;
+        let signed = self.dt == DatumType::I8;
+        let (lo, hi) = q_range(self.dt)?;
+        let range = crate::kernels::requant::OutRange::new(lo as i32, hi as i32, self.y_zp);
+        let m = f32::from_bits(self.multiplier);
+        let xb = x.as_bytes();
+        for (p, o) in y.as_bytes_mut().iter_mut().enumerate().take(planes) {
+            let plane = &xb[p * count..][..count];
+            let sum: i32 = if signed {
+                plane.iter().map(|&v| v as i8 as i32).sum()
+            } else {
+                plane.iter().map(|&v| v as i32).sum()
+            };
+            *o = range.apply(sum - self.x_zp * count as i32, m) as u8;
+        }
+        Ok(tvec!(y.into_tvalue()))
+    }
+}
+
+impl TypedOp for FusedQGap {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut shape = inputs[0].shape.to_tvec();
+        shape[2..].iter_mut().for_each(|d| *d = 1.to_dim());
+        Ok(tvec!(self.dt.fact(shape)))
+    }
+
+    as_op!();
 }
 
 /// Builds `QLinearAveragePool`: ONNX AveragePool attributes (`kernel_shape`, `strides`, `pads`,
