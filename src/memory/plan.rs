@@ -54,6 +54,9 @@ pub enum Alias {
 pub struct GraphFacts {
     /// Bytes of every constant tensor after optimisation.
     pub weights_bytes: u64,
+    /// Of those, weights beltbox's integer ops packed while loading: the packed copy is built
+    /// while the parsed model still holds the original, so it adds to the load transient.
+    pub packed_at_load_bytes: u64,
     pub const_count: usize,
     /// All nodes, constants included (drives the graph-structure estimate).
     pub node_count: usize,
@@ -293,7 +296,8 @@ impl Plan {
             input_tensor_bytes: inp.preprocess.tensor_bytes(),
             load_transient_bytes: (inp.model_file_bytes as f64 * LOAD_TRANSIENT_PER_FILE_BYTE)
                 as u64
-                + g.node_count as u64 * LOAD_TRANSIENT_PER_NODE,
+                + g.node_count as u64 * LOAD_TRANSIENT_PER_NODE
+                + g.packed_at_load_bytes,
             runtime_bytes: runtime_bytes(threads),
         }
     }
@@ -543,6 +547,7 @@ mod tests {
         };
         let g = GraphFacts {
             weights_bytes: 500,
+            packed_at_load_bytes: 0,
             const_count: 1,
             node_count: 3,
             steps: vec![step(0, &[], 256), step(1, &[0, 2], 40)],

@@ -83,6 +83,7 @@ fn may_reuse_input(node: &TypedNode, op_name: &str) -> bool {
 pub fn graph_facts(plan: &TypedRunnableModel) -> Result<GraphFacts, MemoryError> {
     let model = plan.model();
     let mut weights_bytes = 0u64;
+    let mut packed_at_load_bytes = 0u64;
     let mut const_count = 0usize;
     for node in model.nodes() {
         if let Some(k) = node.op_as::<Const>() {
@@ -91,6 +92,7 @@ pub fn graph_facts(plan: &TypedRunnableModel) -> Result<GraphFacts, MemoryError>
         } else if let Some(qc) = node.op_as::<QConv>() {
             // Packed integer weights live inside the op, not in a Const.
             weights_bytes += qc.weight_bytes() as u64;
+            packed_at_load_bytes += qc.weight_bytes() as u64;
             const_count += 1;
         } else if let Some(mm) = node.op_as::<OptMatMul>() {
             let w = matmul_weights(mm)?;
@@ -150,6 +152,7 @@ pub fn graph_facts(plan: &TypedRunnableModel) -> Result<GraphFacts, MemoryError>
         .collect();
     Ok(GraphFacts {
         weights_bytes,
+        packed_at_load_bytes,
         const_count,
         node_count: model.nodes().len(),
         steps,
