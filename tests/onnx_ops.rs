@@ -2,7 +2,7 @@
 //!
 //! `tests/data/onnx_ops/gen.py` builds one tiny model per case (mostly single nodes, plus one
 //! QOperator-style chain with a symbolic batch) and records ORT's output for seeded random
-//! inputs. Each test loads the model through tract with `onnx_ops::register`, optimises it, runs
+//! inputs. Each test loads the model through tract with beltbox's ops (`tract_backend::framework`), optimises it, runs
 //! it and compares: integer outputs may differ by at most one quantisation step (a float near-tie
 //! evaluated in a different order) and are reported when they do, float outputs by 1e-5
 //! (relative, absolute below 1). At the time of writing every case is bit-exact.
@@ -98,13 +98,14 @@ fn case_inputs(name: &str) -> TractResult<TVec<TValue>> {
     }
 }
 
-/// A tract ONNX framework with beltbox's contrib ops registered (or stock tract if not).
+/// A tract ONNX framework with beltbox's ops registered — the contrib ops and the integer
+/// QLinearConv, as the runtime loads models — or stock tract.
 fn framework(with_beltbox_ops: bool) -> tract_onnx::Onnx {
-    let mut onnx = tract_onnx::onnx();
     if with_beltbox_ops {
-        beltbox::model::onnx_ops::register(&mut onnx);
+        beltbox::model::tract_backend::framework()
+    } else {
+        tract_onnx::onnx()
     }
-    onnx
 }
 
 /// Loads, optimises and runs case `name`; returns tract's single output.
@@ -229,7 +230,40 @@ ort_cases!(
     dequantize_per_channel_axis0_i8,
     quantize_per_channel_axis_last_u8,
     qoperator_chain_dynamic_batch,
+    qlinear_conv_u8s8_depthwise,
+    qlinear_conv_u8s8_depthwise_s2,
+    qlinear_conv_u8s8_pointwise,
+    qlinear_conv_i8s8_stem_s2,
+    qlinear_conv_u8u8_group2_dilated,
+    qlinear_conv_u8u8_1d_same_upper_nobias,
+    qlinear_conv_u8s8_dynamic_batch,
 );
+
+/// The QLinearConv cases above must run on beltbox's integer kernels, not on tract's
+/// fallback (which would pass the same comparison, slowly).
+#[test]
+fn qlinear_conv_cases_run_on_beltbox_kernels() {
+    for name in [
+        "qlinear_conv_u8s8_depthwise",
+        "qlinear_conv_u8s8_depthwise_s2",
+        "qlinear_conv_u8s8_pointwise",
+        "qlinear_conv_i8s8_stem_s2",
+        "qlinear_conv_u8u8_group2_dilated",
+        "qlinear_conv_u8u8_1d_same_upper_nobias",
+        "qlinear_conv_u8s8_dynamic_batch",
+    ] {
+        let model = framework(true)
+            .model_for_path(data_dir().join(format!("{name}.onnx")))
+            .and_then(|m| m.into_optimized())
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let ops: Vec<String> = model
+            .nodes()
+            .iter()
+            .map(|n| n.op.name().to_string())
+            .collect();
+        assert!(ops.iter().any(|o| o == "BeltboxQConv"), "{name}: {ops:?}");
+    }
+}
 
 /// tract's per-tensor QuantizeLinear multiplies by 1 / scale where ORT divides by scale, so on
 /// inputs within an ulp of a rounding tie the two may land one step apart. beltbox does not

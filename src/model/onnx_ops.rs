@@ -228,6 +228,19 @@ fn wire_dequantize(
     Ok(wire_with_rank_broadcast(format!("{prefix}.scale"), model, mul(), &[x, q.scale])?[0])
 }
 
+/// The constant value of parameter input `ix` (an absent one — a zero point left out — is the
+/// scalar 0), or `None` when it is computed at run time.
+fn const_input(
+    model: &TypedModel,
+    inputs: &[OutletId],
+    ix: Option<usize>,
+) -> TractResult<Option<Arc<Tensor>>> {
+    match ix {
+        Some(i) => Ok(model.outlet_fact(inputs[i])?.konst.clone()),
+        None => Ok(Some(Arc::new(tensor0(0i32)))),
+    }
+}
+
 /// `cast_f32(x) - zero_point` (just the cast when there is no zero point).
 fn wire_sub_zero_point(
     model: &mut TypedModel,

@@ -147,12 +147,7 @@ impl FusedQAdd {
         if a.shape != b.shape || a.datum_type.unquantized() != b.datum_type.unquantized() {
             return Ok(None);
         }
-        let konst = |ix: Option<usize>| -> TractResult<Option<Arc<Tensor>>> {
-            match ix {
-                Some(i) => Ok(model.outlet_fact(inputs[i])?.konst.clone()),
-                None => Ok(Some(Arc::new(tensor0(0i32)))),
-            }
-        };
+        let konst = |ix: Option<usize>| const_input(model, inputs, ix);
         let mut scales = [0u32; 3];
         let mut zps = [0i32; 3];
         for (i, p) in [q.a_q, q.b_q, q.c_q].iter().enumerate() {

@@ -188,12 +188,7 @@ impl FusedQGap {
         else {
             return Ok(None);
         };
-        let konst = |ix: Option<usize>| -> TractResult<Option<Arc<Tensor>>> {
-            match ix {
-                Some(i) => Ok(model.outlet_fact(inputs[i])?.konst.clone()),
-                None => Ok(Some(Arc::new(tensor0(0i32)))),
-            }
-        };
+        let konst = |ix: Option<usize>| const_input(model, inputs, ix);
         let (Some(xs), Some(xz), Some(ys), Some(yz)) = (
             konst(Some(op.x_q.scale))?,
             konst(op.x_q.zero_point)?,

@@ -247,6 +247,28 @@ def qgemm(name, a_dt, b_dt, m, k, n, seed, trans_a=0, trans_b=0, alpha=1.0,
            alpha=alpha, transA=trans_a, transB=trans_b)
 
 
+def qlinear_conv(name, x_dt, w_dt, x_shape, w_shape, seed, w_zp_nonzero=False, bias=True,
+                 dynamic_batch=False, **attrs):
+    """A standard-domain QLinearConv with per-channel weights (what beltbox's integer kernels run)."""
+    c = Case(name, seed)
+    x = c.input(rand_q(c.rng, x_dt, x_shape))
+    x_mid = 128 if x_dt == np.uint8 else 0
+    w_mid = 128 if w_dt == np.uint8 else 0
+    m = w_shape[0]
+    w = c.const(rand_q(c.rng, w_dt, w_shape), w_dt)
+    w_scale = c.rng.uniform(0.002, 0.02, size=m).astype(np.float32)
+    w_zp = (w_mid + (c.rng.integers(-9, 10, size=m) if w_zp_nonzero else np.zeros(m, np.int64))).astype(w_dt)
+    inputs = [
+        x, c.const(0.03, np.float32), c.const(x_mid - 7, x_dt),
+        w, c.const(w_scale, np.float32), c.const(w_zp, w_dt),
+        c.const(0.05, np.float32), c.const(x_mid + 3, x_dt),
+    ]
+    if bias:
+        inputs.append(c.const(c.rng.integers(-4000, 4000, size=m), np.int32))
+    node = helper.make_node("QLinearConv", inputs, ["y"], name=name, **attrs)
+    c.save_graph([node], x_dt, "QLinearConv", uses_ms=False, dynamic_batch=dynamic_batch)
+
+
 # Per-channel parameters are hard-coded (and repeated in tests/onnx_ops.rs) so the Rust test can
 # recompute the expected values independently of ONNX Runtime.
 PER_CHANNEL_SCALES = [0.02, 0.05, 0.1, 0.25]
@@ -361,6 +383,22 @@ def main():
     qgemm("qgemm_u8u8_negative_alpha", u8, u8, 4, 16, 6, 32, alpha=-0.75, per_column=True,
           bias_shape=(6,))
     chain("qoperator_chain_dynamic_batch", 29)
+    # QLinearConv on beltbox's kernels: depthwise, grouped, strided, dilated, 1-D, SAME
+    # padding, signed activations, unsigned weights with non-zero zero points, no bias.
+    qlinear_conv("qlinear_conv_u8s8_depthwise", u8, i8, (1, 8, 9, 11), (8, 1, 3, 3), 35,
+                 group=8, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    qlinear_conv("qlinear_conv_u8s8_depthwise_s2", u8, i8, (2, 6, 10, 7), (6, 1, 3, 3), 36,
+                 group=6, kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])
+    qlinear_conv("qlinear_conv_u8s8_pointwise", u8, i8, (1, 19, 5, 7), (37, 19, 1, 1), 37,
+                 kernel_shape=[1, 1])
+    qlinear_conv("qlinear_conv_i8s8_stem_s2", i8, i8, (1, 3, 15, 13), (10, 3, 3, 3), 38,
+                 kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])
+    qlinear_conv("qlinear_conv_u8u8_group2_dilated", u8, u8, (1, 6, 12, 12), (4, 3, 3, 3), 39,
+                 w_zp_nonzero=True, group=2, kernel_shape=[3, 3], dilations=[2, 2], pads=[2, 1, 0, 2])
+    qlinear_conv("qlinear_conv_u8u8_1d_same_upper_nobias", u8, u8, (2, 5, 17), (7, 5, 4), 40,
+                 w_zp_nonzero=True, bias=False, kernel_shape=[4], strides=[2], auto_pad="SAME_UPPER")
+    qlinear_conv("qlinear_conv_u8s8_dynamic_batch", u8, i8, (3, 4, 6, 6), (5, 4, 3, 3), 41,
+                 dynamic_batch=True, kernel_shape=[3, 3], pads=[0, 1, 1, 0])
     dequantize_per_channel("dequantize_per_channel_u8", u8, 22)
     dequantize_per_channel("dequantize_per_channel_i8", i8, 23)
     quantize_per_channel("quantize_per_channel_u8", u8, 24)
