@@ -100,7 +100,37 @@ fn bench_json_on_mobilenet_variants() {
         ]));
         assert!(v["p50_ms"].as_f64().unwrap() > 0.0, "{pkg}: {v}");
         assert_eq!(v["precision"], pkg.trim_start_matches("mobilenetv2-bench-"));
+        let (integer, float) = (
+            v["op_counts"]["integer"].as_u64().unwrap(),
+            v["op_counts"]["float"].as_u64().unwrap(),
+        );
+        if pkg.ends_with("fp32") {
+            assert_eq!(integer, 0, "{pkg}: {v}");
+        } else {
+            // Both INT8 forms run on the integer path: 52 convolutions, 10 adds, the pool...
+            // Float is left only at the edges (input quantise, output dequantise, QGemm's
+            // requantisation).
+            assert!(integer >= 70 && float <= 12, "{pkg}: {}", v["op_counts"]);
+        }
     }
+    // --profile attributes the time to op types, slowest first.
+    let v = json(&beltbox(&[
+        "bench",
+        "--model",
+        "mobilenetv2-bench-int8-qdq",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--profile",
+        "2",
+        "--json",
+    ]));
+    let profile = v["profile"].as_array().unwrap();
+    assert_eq!(profile[0]["op"], "BeltboxQConv", "{}", v["profile"]);
+    assert_eq!(profile[0]["nodes"], 52);
+    let share: f64 = profile.iter().map(|p| p["share"].as_f64().unwrap()).sum();
+    assert!((share - 1.0).abs() < 1e-6, "{share}");
 }
 
 fn assert_input_error(o: &std::process::Output, needles: &[&str]) {

@@ -57,11 +57,12 @@ the tensor's bytes (little-endian)."
     },
     /// Measure load time, per-stage latency percentiles and peak RSS.
     #[command(
-        after_help = "Examples:\n  beltbox bench --model models/mobilenetv2-bench-int8-qdq --runs 100\n  beltbox bench --model digits-int8-tflite --threads 2 --json\n\n\
+        after_help = "Examples:\n  beltbox bench --model models/mobilenetv2-bench-int8-qdq --runs 100\n  beltbox bench --model digits-int8-tflite --threads 2 --json\n  beltbox bench --model mobilenetv2-bench-int8-qoperator --profile   # where the time goes\n\n\
 Latency is measured per frame over --runs runs after --warmup runs, on the package's first \
 golden input unless --input is given; percentiles are nearest-rank. JSON keys: load_ms, \
 p50_ms, p95_ms, p99_ms (total), stages.{preprocess,inference,postprocess,total}, \
-peak_rss_bytes, throughput_fps."
+peak_rss_bytes, throughput_fps, op_counts.{integer,float,float_ops} (graph nodes computing in \
+integers vs touching floats), profile[] (with --profile: op, nodes, ms_per_run, share)."
     )]
     Bench {
         #[command(flatten)]
