@@ -93,16 +93,20 @@ pub fn pack_b(src: &[u8], k: usize, n: usize, stride: usize, flip: bool, out: &m
     out.clear();
     out.resize(packed_b_len(k, n), 0);
     let xor = if flip { 0x80 } else { 0 };
-    let mut c0 = 0;
+    // x86_64: 16 columns at a time with SSE2 (baseline); the rest, and other targets, one by one.
     #[cfg(target_arch = "x86_64")]
-    {
+    let c0 = {
+        let mut c0 = 0;
         // SAFETY: SSE2 is part of the x86_64 baseline; every row read is `src[r * stride +
         // c0..+16]` with `c0 + 16 <= n <= stride` checked by the loop bound and slicing.
         while c0 + 16 <= n {
             unsafe { pack_b_16_sse2(src, k, kg, stride, c0, xor, out) };
             c0 += 16;
         }
-    }
+        c0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let c0 = 0;
     for c in c0..n {
         let (p, j) = (c / NR, c % NR);
         for r in 0..k {

@@ -45,6 +45,7 @@ impl OutRange {
 /// projections) or depthwise convolutions it is a large share of the work.
 #[inline(always)]
 pub fn row_isa(isa: Isa, acc: &[i32], offset: i32, scale: f32, range: &OutRange, out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
     let n = acc.len().min(out.len());
     match isa {
         #[cfg(target_arch = "x86_64")]
