@@ -262,6 +262,7 @@ fn tile_portable(kg: usize, a: &[i8], b: &[u8], tile: &mut [i32; MR * NR]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{gemm_impl, groups, Epilogue, Isa, PackedA, MR, NR};
+    use crate::kernels::requant::x86::requant16;
     use std::arch::x86_64::*;
 
     /// [`gemm_impl`] compiled for AVX2 (its epilogue loop vectorises 8 wide).
@@ -303,25 +304,15 @@ mod x86 {
             };
             for t in 0..tiles {
                 let rows = MR.min(a.m - t * MR);
-                let mut acc = [[_mm512_setzero_si512(); 2]; MR];
                 // SAFETY (block): group g of panel p / tile t is inside `b` / `a.data`
                 // (asserted above and by the packing layout); stores are masked to `cols`
                 // columns of rows < `rows`, inside `ep.out` (asserted above).
                 unsafe {
-                    let bp = b.as_ptr().add(p * kg * NR * 4);
-                    let ap = a.data.as_ptr().add(t * kg * MR * 4);
-                    for g in 0..kg {
-                        let bg = bp.add(g * NR * 4);
-                        let b0 = _mm512_loadu_si512(bg as *const _);
-                        let b1 = _mm512_loadu_si512(bg.add(64) as *const _);
-                        let ag = ap.add(g * MR * 4);
-                        for (r, acc) in acc.iter_mut().enumerate() {
-                            let w =
-                                _mm512_set1_epi32((ag.add(r * 4) as *const i32).read_unaligned());
-                            acc[0] = _mm512_dpbusd_epi32(acc[0], b0, w);
-                            acc[1] = _mm512_dpbusd_epi32(acc[1], b1, w);
-                        }
-                    }
+                    let acc = dot_vnni(
+                        kg,
+                        a.data.as_ptr().add(t * kg * MR * 4),
+                        b.as_ptr().add(p * kg * NR * 4),
+                    );
                     for (rr, acc) in acc.iter().enumerate() {
                         if rr >= rows {
                             break;
@@ -334,12 +325,8 @@ mod x86 {
                             if mask == 0 {
                                 continue;
                             }
-                            // ORT's order: float(acc + offset) * scale, clamp, round half to
-                            // even (cvtps2dq in the default rounding mode), + zero point.
-                            let f = _mm512_cvtepi32_ps(_mm512_add_epi32(acc[h], off));
-                            let f = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(f, sc), lo), hi);
-                            let q = _mm512_add_epi32(_mm512_cvtps_epi32(f), zp);
-                            _mm_mask_storeu_epi8(dst.add(h * 16), mask, _mm512_cvtepi32_epi8(q));
+                            let q = requant16(acc[h], off, sc, lo, hi, zp);
+                            _mm_mask_storeu_epi8(dst.add(h * 16), mask, q);
                         }
                     }
                 }
@@ -348,14 +335,11 @@ mod x86 {
     }
 
     /// `vpdpbusd`: per group, two 64-byte loads of B, eight 4-byte broadcasts of A and
-    /// sixteen dot-product instructions into sixteen accumulators.
+    /// sixteen dot-product instructions into sixteen accumulators (kept in registers).
+    /// Safety: `a` and `b` hold `kg` packed groups (MR*4 and NR*4 bytes each).
+    #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn tile_vnni(
-        kg: usize,
-        a: *const i8,
-        b: *const u8,
-        tile: &mut [i32; MR * NR],
-    ) {
+    unsafe fn dot_vnni(kg: usize, a: *const i8, b: *const u8) -> [[__m512i; 2]; MR] {
         let mut acc = [[_mm512_setzero_si512(); 2]; MR];
         for g in 0..kg {
             // SAFETY (whole block): the caller passes `kg` groups of MR*4 and NR*4 bytes.
@@ -371,6 +355,19 @@ mod x86 {
                 }
             }
         }
+        acc
+    }
+
+    /// One tile through [`dot_vnni`], stored as `i32` (the path with weight zero points).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn tile_vnni(
+        kg: usize,
+        a: *const i8,
+        b: *const u8,
+        tile: &mut [i32; MR * NR],
+    ) {
+        // SAFETY: the caller's contract is dot_vnni's.
+        let acc = unsafe { dot_vnni(kg, a, b) };
         let c = tile.as_mut_ptr();
         for (r, acc) in acc.iter().enumerate() {
             // SAFETY: rows of NR i32 inside the tile.

@@ -11,6 +11,12 @@ use super::Isa;
 
 const ROUNDING_MAGIC: f32 = 12_582_912.0;
 
+/// `v` rounded to the nearest integer, ties to even, for |v| < 2^22 (callers clamp first).
+#[inline(always)]
+pub fn round_half_even(v: f32) -> i32 {
+    ((v + ROUNDING_MAGIC) - ROUNDING_MAGIC) as i32
+}
+
 /// Output range and zero point of one requantisation.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OutRange {
@@ -35,8 +41,7 @@ impl OutRange {
     /// One value: `clamp(acc * scale) + zp`, rounded half to even.
     #[inline(always)]
     pub fn apply(&self, acc: i32, scale: f32) -> i32 {
-        let v = (acc as f32 * scale).max(self.lo).min(self.hi);
-        ((v + ROUNDING_MAGIC) - ROUNDING_MAGIC) as i32 + self.zp
+        round_half_even((acc as f32 * scale).max(self.lo).min(self.hi)) + self.zp
     }
 }
 
@@ -70,12 +75,29 @@ pub fn row(acc: &[i32], offset: i32, scale: f32, range: &OutRange, out: &mut [u8
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use super::{row, OutRange};
     use std::arch::x86_64::*;
 
-    /// 16 values per step: add, convert, scale, clamp, round (cvtps2dq, ties to even in the
-    /// default rounding mode), add zero point, narrow with a truncating store.
+    /// 16 accumulators to 16 output bytes, in ORT's order: float(acc + offset) * scale,
+    /// clamp, round half to even (cvtps2dq in the default rounding mode), + zero point, then a
+    /// truncating narrow (the value is already in the output range).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(crate) fn requant16(
+        acc: __m512i,
+        offset: __m512i,
+        scale: __m512,
+        lo: __m512,
+        hi: __m512,
+        zp: __m512i,
+    ) -> __m128i {
+        let f = _mm512_cvtepi32_ps(_mm512_add_epi32(acc, offset));
+        let f = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(f, scale), lo), hi);
+        _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(f), zp))
+    }
+
+    /// 16 values per step through [`requant16`], masked at the tail.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn row_avx512(
         acc: &[i32],
@@ -102,14 +124,8 @@ mod x86 {
             // SAFETY: masked loads/stores touch only the `left` elements that exist.
             unsafe {
                 let v = _mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(j));
-                let f = _mm512_cvtepi32_ps(_mm512_add_epi32(v, off));
-                let f = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(f, sc), lo), hi);
-                let q = _mm512_add_epi32(_mm512_cvtps_epi32(f), zp);
-                _mm_mask_storeu_epi8(
-                    out.as_mut_ptr().add(j) as *mut i8,
-                    mask,
-                    _mm512_cvtepi32_epi8(q),
-                );
+                let q = requant16(v, off, sc, lo, hi, zp);
+                _mm_mask_storeu_epi8(out.as_mut_ptr().add(j) as *mut i8, mask, q);
             }
             j += 16;
         }

@@ -151,7 +151,8 @@ impl Attrs {
     }
 }
 
-/// Inference-time op: tract's rules, our typed op when it applies.
+/// Inference-time op: tract's rules, our typed op when it applies. tract's conv expansion
+/// wires through `Expansion::wire` only, so that is the one method to override.
 #[derive(Debug, Clone)]
 struct IntegerConv {
     fallback: Box<dyn Expansion>,
@@ -184,29 +185,6 @@ impl Expansion for IntegerConv {
             Err(why) => {
                 log::debug!("QLinearConv {prefix}: tract's implementation ({why})");
                 self.fallback.wire(prefix, model, inputs)
-            }
-        }
-    }
-
-    fn wire_with_inference_model_and_node(
-        &self,
-        prefix: &str,
-        model: &InferenceModel,
-        node: &InferenceNode,
-        typed_model: &mut TypedModel,
-        inputs: &[OutletId],
-    ) -> TractResult<TVec<OutletId>> {
-        match self.build(typed_model, inputs)? {
-            Ok(op) => typed_model.wire_node(prefix, op, &inputs[..1]),
-            Err(why) => {
-                log::debug!("QLinearConv {prefix}: tract's implementation ({why})");
-                self.fallback.wire_with_inference_model_and_node(
-                    prefix,
-                    model,
-                    node,
-                    typed_model,
-                    inputs,
-                )
             }
         }
     }

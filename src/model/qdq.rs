@@ -150,9 +150,9 @@ impl<'g> Rewriter<'g> {
             let fused = match op.as_str() {
                 "Conv" => self.conv(i),
                 "Gemm" => self.gemm(i),
-                "MatMul" => self.binary(i, "QLinearMatMul", "", true),
-                "Add" => self.binary(i, "QLinearAdd", "com.microsoft", false),
-                "Mul" => self.binary(i, "QLinearMul", "com.microsoft", false),
+                "MatMul" => self.binary(i, "QLinearMatMul", ""),
+                "Add" => self.binary(i, "QLinearAdd", "com.microsoft"),
+                "Mul" => self.binary(i, "QLinearMul", "com.microsoft"),
                 "GlobalAveragePool" => {
                     self.unary(i, "QLinearGlobalAveragePool", &[("channels_last", 0)])
                 }
@@ -234,15 +234,8 @@ impl<'g> Rewriter<'g> {
 
     /// The single QuantizeLinear consuming `tensor` (and nothing else consuming it).
     fn q_after(&self, tensor: &str) -> Option<Q> {
-        if self.uses.get(tensor).copied() != Some(1) {
-            return None;
-        }
-        let (i, n) = self
-            .graph
-            .node
-            .iter()
-            .enumerate()
-            .find(|(i, n)| !self.dead.contains(i) && n.input.iter().any(|s| s == tensor))?;
+        let i = self.single_consumer(tensor)?;
+        let n = &self.graph.node[i];
         if n.op_type != "QuantizeLinear" || n.input.len() < 3 || n.input[0] != tensor {
             return None;
         }
@@ -446,7 +439,8 @@ impl<'g> Rewriter<'g> {
         self.graph
             .node
             .iter()
-            .position(|n| n.input.iter().any(|s| s == tensor))
+            .enumerate()
+            .position(|(i, n)| !self.dead.contains(&i) && n.input.iter().any(|s| s == tensor))
     }
 
     fn gemm(&mut self, i: usize) -> Option<String> {
@@ -492,19 +486,16 @@ impl<'g> Rewriter<'g> {
         Some("QGemm".into())
     }
 
-    /// Two quantised operands (`const_b`: B may be a constant DQ, per-tensor).
-    fn binary(&mut self, i: usize, op: &str, domain: &str, const_b: bool) -> Option<String> {
+    /// Two quantised operands, per-tensor (either may be a constant).
+    fn binary(&mut self, i: usize, op: &str, domain: &str) -> Option<String> {
         let n = self.graph.node[i].clone();
         if n.input.len() != 2 {
             return None;
         }
         let a = self.dq_act(&n.input[0])?;
-        let b = self.dq_act(&n.input[1]).or_else(|| {
-            let d = self.dq_const(&n.input[1]).filter(|_| const_b)?;
-            (self.is_scalar_init(&d.scale)
-                && d.zp.as_deref().is_some_and(|z| self.is_scalar_init(z)))
-            .then_some(d)
-        })?;
+        // Constant operands qualify too: `dq_act` asks per-tensor parameters, not a tensor
+        // computed at run time.
+        let b = self.dq_act(&n.input[1])?;
         let q = self.q_after(n.output.first()?)?;
         let inputs = vec![
             a.q,

@@ -199,7 +199,7 @@ impl EvalOp for FusedQAdd {
             // even (1.5 * 2^23 trick: exact below 2^22, and |v| <= 255 here).
             let v = ((read(x) - za) * sa + (read(y) - zb) * sb) / sc + zc;
             let v = v.max(lo).min(hi);
-            *o = (((v + 12_582_912.0) - 12_582_912.0) as i32) as u8;
+            *o = crate::kernels::requant::round_half_even(v) as u8;
         }
         Ok(tvec!(c.into_tvalue()))
     }
