@@ -15,33 +15,15 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
-target=""
+parse_args "--release" "$@"
+target="$TARGET"
 profile=debug
 cargo_args=()
-while [ "$#" -gt 0 ]; do
-    case "$1" in
-    -h | --help)
-        usage
-        exit 0
-        ;;
-    --release)
-        profile=release
-        cargo_args+=(--release)
-        ;;
-    --)
-        shift
-        cargo_args+=("$@")
-        break
-        ;;
-    -*) die "unknown option '$1' (see cross/build.sh --help)" ;;
-    *)
-        [ -z "$target" ] || die "more than one target given ('$target', '$1')"
-        target="$1"
-        ;;
-    esac
-    shift
-done
-target_facts "$target"
+if [ "${#FLAGS[@]}" -gt 0 ]; then # --release is the only flag parse_args lets through
+    profile=release
+    cargo_args+=(--release)
+fi
+cargo_args+=("${PASS[@]}")
 
 say "== prerequisites for $target"
 ensure_rust_target "$target"

@@ -12,6 +12,46 @@ die() {
 }
 say() { echo "cross/$ME: $*" >&2; }
 
+# Parses the command line both scripts share, `TARGET [FLAG...] [-- ARGS...]`:
+#   $1 the script's own flags (space-separated; anything else starting with - is refused),
+#   then the arguments. -h/--help calls the script's `usage` and exits.
+# Sets TARGET (and target_facts for it), FLAGS (the flags given), PASS (what followed --)
+# and HAVE_PASS (1 when -- was given, even with nothing after it).
+parse_args() {
+    local allowed=" $1 "
+    shift
+    TARGET=""
+    FLAGS=()
+    PASS=()
+    HAVE_PASS=0
+    while [ "$#" -gt 0 ]; do
+        case "$1" in
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        --)
+            shift
+            PASS=("$@")
+            HAVE_PASS=1
+            break
+            ;;
+        -*)
+            case "$allowed" in
+            *" $1 "*) FLAGS+=("$1") ;;
+            *) die "unknown option '$1' (see cross/$ME.sh --help)" ;;
+            esac
+            ;;
+        *)
+            [ -z "$TARGET" ] || die "more than one target given ('$TARGET', '$1')"
+            TARGET="$1"
+            ;;
+        esac
+        shift
+    done
+    target_facts "$TARGET"
+}
+
 # Sets, for one supported target triple:
 #   GCC_PKGS  Debian packages for linking (cross gcc + cross libc headers/objects)
 #   RUN_PKGS  extra Debian packages for running under qemu-user (qemu itself: ensure_qemu)

@@ -23,30 +23,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
-target=""
-user_args=()
-have_user_args=0
-while [ "$#" -gt 0 ]; do
-    case "$1" in
-    -h | --help)
-        usage
-        exit 0
-        ;;
-    --)
-        shift
-        user_args=("$@")
-        have_user_args=1
-        break
-        ;;
-    -*) die "unknown option '$1' (see cross/test.sh --help)" ;;
-    *)
-        [ -z "$target" ] || die "more than one target given ('$target', '$1')"
-        target="$1"
-        ;;
-    esac
-    shift
-done
-target_facts "$target"
+parse_args "" "$@"
+target="$TARGET"
 
 # Each run: a label and the environment it adds (KEY=VALUE words).
 runs=()
@@ -66,8 +44,8 @@ armv7-unknown-linux-gnueabihf)
     runs+=("QEMU_CPU=$cpu" "QEMU_CPU=$cpu TRACT_CPU_ARM32_NEON=false")
     ;;
 esac
-if [ "$have_user_args" -eq 1 ]; then
-    args=("${user_args[@]}")
+if [ "$HAVE_PASS" -eq 1 ]; then
+    args=("${PASS[@]}")
 else
     args=("${default_args[@]}")
 fi
