@@ -1,17 +1,5 @@
-//! beltbox: a lean INT8 inference runtime for ARM edge boxes on scanning belts.
+//! The `beltbox` service (`beltbox run`), the top layer: KServe v2 over HTTP in front of the
+//! runtime core (`beltbox-core`). The binary (`src/main.rs`, `src/cli/`) adds the commands.
 //! See ARCHITECTURE.md for the map.
 
-pub mod bench;
-pub mod board;
-pub mod cpu;
-pub mod image;
-pub mod kernels;
-pub mod memory;
-pub mod model;
-pub mod npy;
-pub mod postprocess;
-pub mod preprocess;
-pub mod procfs;
 pub mod serve;
-pub mod tensor;
-pub mod thermal;

@@ -6,7 +6,7 @@ mod cli;
 
 use std::process::ExitCode;
 
-use beltbox::memory::alloc::CountingAlloc;
+use beltbox_core::memory::alloc::CountingAlloc;
 
 /// Live heap bytes and high-water mark for `bench`, `plan` and (later) metrics; see
 /// `memory::alloc` for why this is cheap enough to leave on in production.
@@ -14,7 +14,7 @@ use beltbox::memory::alloc::CountingAlloc;
 static ALLOC: CountingAlloc = CountingAlloc;
 
 fn main() -> ExitCode {
-    beltbox::memory::alloc::mark_installed();
+    beltbox_core::memory::alloc::mark_installed();
     cli::init_logging();
     // tract and the C backends are fed untrusted files; the adapters contain panics and
     // turn them into errors. Keep the default hook's backtrace noise out of user output.

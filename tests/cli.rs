@@ -295,9 +295,9 @@ fn bad_inputs_are_refused() {
 #[test]
 fn npy_input_of_wrong_shape_is_refused_and_right_shape_accepted() {
     let tmp = tempfile::tempdir().unwrap();
-    let wrong = beltbox::npy::to_bytes(&beltbox::tensor::Tensor::new(
+    let wrong = beltbox_core::npy::to_bytes(&beltbox_core::tensor::Tensor::new(
         vec![1, 64],
-        beltbox::tensor::TensorData::F32(vec![0.0; 64]),
+        beltbox_core::tensor::TensorData::F32(vec![0.0; 64]),
     ));
     let p = tmp.path().join("wrong.npy");
     std::fs::write(&p, wrong).unwrap();
@@ -318,11 +318,11 @@ fn tampered_golden_reference_refuses_model() {
     // failed check (exit 1), not a usage error.
     let (_t, pkg) = copy_package("digits-int8-qdq");
     let rel = "golden/001.out.npy";
-    let mut t = beltbox::npy::parse(&std::fs::read(pkg.join(rel)).unwrap()).unwrap();
-    if let beltbox::tensor::TensorData::F32(v) = &mut t.data {
+    let mut t = beltbox_core::npy::parse(&std::fs::read(pkg.join(rel)).unwrap()).unwrap();
+    if let beltbox_core::tensor::TensorData::F32(v) = &mut t.data {
         v[0] += 5.0;
     }
-    std::fs::write(pkg.join(rel), beltbox::npy::to_bytes(&t)).unwrap();
+    std::fs::write(pkg.join(rel), beltbox_core::npy::to_bytes(&t)).unwrap();
     rehash(&pkg, rel);
     let o = beltbox(&["bench", "--model", pkg.to_str().unwrap(), "--runs", "1"]);
     assert_error(&o, 1, &["golden self-check failed", "golden/001.pgm"]);
@@ -354,7 +354,7 @@ fn under_journald_log_lines_carry_syslog_priorities() {
     let err = stderr(&o);
     assert!(
         err.lines()
-            .any(|l| l.starts_with("<4>beltbox::thermal") && l.contains("no thermal zones")),
+            .any(|l| l.starts_with("<4>beltbox_core::thermal") && l.contains("no thermal zones")),
         "{err}"
     );
     assert!(!err.contains("[WARN"), "{err}");

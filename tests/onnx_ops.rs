@@ -102,7 +102,7 @@ fn case_inputs(name: &str) -> TractResult<TVec<TValue>> {
 /// QLinearConv, as the runtime loads models — or stock tract.
 fn framework(with_beltbox_ops: bool) -> tract_onnx::Onnx {
     if with_beltbox_ops {
-        beltbox::model::tract_backend::framework()
+        beltbox_core::model::tract_backend::framework()
     } else {
         tract_onnx::onnx()
     }

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use beltbox::serve::client::{Client, ClientResponse};
+use beltbox_tools::client::{Client, ClientResponse};
 use serde_json::{json, Value};
 
 const MODEL: &str = "digits-int8-qdq";
@@ -275,7 +275,7 @@ fn serves_kserve_v2_reports_metrics_refuses_bad_input_and_stops_on_sigterm() {
 
     // The same frame as a JSON FP32 tensor and as a UINT8 image: identical logits.
     let pgm = std::fs::read(&samples[3].0).unwrap();
-    let img = beltbox::image::decode_pgm(&pgm).unwrap();
+    let img = beltbox_core::image::decode_pgm(&pgm).unwrap();
     let scaled: Vec<f32> = img
         .samples
         .iter()

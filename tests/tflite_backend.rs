@@ -7,10 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-use beltbox::model::tflite::{
-    default_library_names, CpuKernels, LoadOptions, TfliteError, TfliteModel, LIBRARY_ENV,
+use beltbox_core::model::tflite::{
+    default_library_names, CpuKernels, LoadOptions, TfliteBackend, TfliteError, LIBRARY_ENV,
 };
-use beltbox::tensor::{DType, QuantParams, Tensor, TensorData};
+use beltbox_core::tensor::{DType, QuantParams, Tensor, TensorData};
 
 const PACKAGE: &str = "models/digits-int8-tflite";
 
@@ -176,7 +176,7 @@ fn argmax(v: &[i8]) -> usize {
     best
 }
 
-fn input_tensor(model: &TfliteModel, sample: &Sample) -> Tensor {
+fn input_tensor(model: &TfliteBackend, sample: &Sample) -> Tensor {
     let (name, shape, dtype, quant) = model.input_info().remove(0);
     assert_eq!(dtype, DType::Int8, "input {name}");
     let q = quant.expect("int8 input has quantisation parameters");
@@ -187,9 +187,9 @@ fn input_tensor(model: &TfliteModel, sample: &Sample) -> Tensor {
     t
 }
 
-fn load() -> TfliteModel {
+fn load() -> TfliteBackend {
     setup();
-    TfliteModel::load(&model_path(), 1).expect("load digits-int8-tflite")
+    TfliteBackend::load(&model_path(), 1).expect("load digits-int8-tflite")
 }
 
 #[test]
@@ -221,7 +221,7 @@ fn model_io_matches_the_package() {
 
 /// Runs every golden sample; returns how many outputs were bit-identical to the reference.
 /// Asserts |ours - reference| <= 1 step and top-1 == label == reference top-1.
-fn check_golden(model: &TfliteModel) -> (usize, usize) {
+fn check_golden(model: &TfliteBackend) -> (usize, usize) {
     let samples = golden_samples();
     assert!(!samples.is_empty());
     let mut exact = 0;
@@ -272,7 +272,7 @@ fn golden_outputs_match_reference() {
 #[test]
 fn reference_kernels_are_bit_exact() {
     setup();
-    let model = TfliteModel::load_with_options(
+    let model = TfliteBackend::load_with_options(
         &model_path(),
         &LoadOptions {
             threads: 1,
@@ -292,7 +292,7 @@ fn reference_kernels_are_bit_exact() {
 #[test]
 fn threads_and_concurrent_runs_agree() {
     let one = load();
-    let two = TfliteModel::load(&model_path(), 2).expect("load with 2 threads");
+    let two = TfliteBackend::load(&model_path(), 2).expect("load with 2 threads");
     assert!(two.runtime_version().contains("2 thread"));
     let samples = golden_samples();
     let inputs: Vec<Tensor> = samples.iter().map(|s| input_tensor(&one, s)).collect();
@@ -370,13 +370,13 @@ fn wrong_inputs_are_errors_not_panics() {
 fn missing_library_is_library_not_found() {
     setup();
     let missing = Path::new("/nonexistent/beltbox/libLiteRt.so");
-    match TfliteModel::load_with_library(missing, &model_path(), 1) {
+    match TfliteBackend::load_with_library(missing, &model_path(), 1) {
         Err(TfliteError::LibraryNotFound { searched, .. }) => {
             assert_eq!(searched, vec![missing.to_path_buf()]);
         }
         other => panic!("expected LibraryNotFound, got {other:?}"),
     }
-    let e = TfliteModel::load_with_library(missing, &model_path(), 1).expect_err("missing");
+    let e = TfliteBackend::load_with_library(missing, &model_path(), 1).expect_err("missing");
     let msg = e.to_string();
     assert!(msg.contains("/nonexistent/beltbox/libLiteRt.so"), "{msg}");
     assert!(msg.contains("fetch-litert.sh"), "{msg}");
@@ -398,10 +398,10 @@ fn non_runtime_library_is_rejected() {
         eprintln!("no libm.so.6 at the Debian paths; skipped");
         return;
     };
-    let e = TfliteModel::load_with_library(libm, &model_path(), 1).expect_err("libm");
+    let e = TfliteBackend::load_with_library(libm, &model_path(), 1).expect_err("libm");
     assert!(matches!(e, TfliteError::UnsupportedLibrary { .. }), "{e:?}");
     // A file that is not a shared object at all.
-    let e = TfliteModel::load_with_library(&model_path(), &model_path(), 1).expect_err("tflite");
+    let e = TfliteBackend::load_with_library(&model_path(), &model_path(), 1).expect_err("tflite");
     assert!(matches!(e, TfliteError::LibraryLoad { .. }), "{e:?}");
 }
 
@@ -410,7 +410,7 @@ fn non_runtime_library_is_rejected() {
 #[test]
 #[ignore = "helper: run by default_lookup_names_the_searched_paths in a child process"]
 fn lookup_probe() {
-    match TfliteModel::load(&model_path(), 1) {
+    match TfliteBackend::load(&model_path(), 1) {
         Ok(m) => println!("PROBE-FOUND {}", m.library_path().display()),
         Err(TfliteError::LibraryNotFound { searched, .. }) => {
             for p in searched {
@@ -471,7 +471,7 @@ fn garbage_model_is_model_load_error() {
 
     let garbage = dir.path().join("garbage.tflite");
     std::fs::write(&garbage, b"this is not a flatbuffer at all, just text\n").expect("write");
-    let e = TfliteModel::load(&garbage, 1).expect_err("garbage");
+    let e = TfliteBackend::load(&garbage, 1).expect_err("garbage");
     assert!(
         matches!(&e, TfliteError::ModelLoad { path, .. } if path == &garbage),
         "{e:?}"
@@ -487,17 +487,17 @@ fn garbage_model_is_model_load_error() {
     }
     let fake_path = dir.path().join("fake.tflite");
     std::fs::write(&fake_path, &fake).expect("write");
-    let e = TfliteModel::load(&fake_path, 1).expect_err("fake flatbuffer");
+    let e = TfliteBackend::load(&fake_path, 1).expect_err("fake flatbuffer");
     assert!(matches!(e, TfliteError::ModelLoad { .. }), "{e:?}");
 
     // Truncated real model.
     let real = std::fs::read(model_path()).expect("model");
     let cut = dir.path().join("cut.tflite");
     std::fs::write(&cut, &real[..real.len() / 2]).expect("write");
-    let e = TfliteModel::load(&cut, 1).expect_err("truncated");
+    let e = TfliteBackend::load(&cut, 1).expect_err("truncated");
     assert!(matches!(e, TfliteError::ModelLoad { .. }), "{e:?}");
 
-    let e = TfliteModel::load(&dir.path().join("missing.tflite"), 1).expect_err("missing");
+    let e = TfliteBackend::load(&dir.path().join("missing.tflite"), 1).expect_err("missing");
     assert!(matches!(e, TfliteError::ModelLoad { .. }), "{e:?}");
 }
 
@@ -519,7 +519,8 @@ fn tflitec_lib_miscomputes_and_golden_check_catches_it() {
         eprintln!("{} absent; skipped", lib.display());
         return;
     }
-    let model = TfliteModel::load_with_library(&lib, &model_path(), 1).expect("load via TfLite C");
+    let model =
+        TfliteBackend::load_with_library(&lib, &model_path(), 1).expect("load via TfLite C");
     let version = model.runtime_version();
     eprintln!("runtime: {version}");
     assert!(version.contains("TfLite C API"), "{version}");

@@ -7,11 +7,11 @@ use common::*;
 
 use std::path::{Path, PathBuf};
 
-use beltbox::board;
-use beltbox::thermal::governor::{Governor, GovernorConfig, Inputs, Level};
-use beltbox::thermal::sysfs::Monitor;
-use beltbox::thermal::throttle::{assess, limits, ThrottleStatus};
-use beltbox::thermal::Snapshot;
+use beltbox_core::board;
+use beltbox_core::thermal::governor::{Governor, GovernorConfig, Inputs, Level};
+use beltbox_core::thermal::sysfs::Monitor;
+use beltbox_core::thermal::throttle::{assess, limits, ThrottleStatus};
+use beltbox_core::thermal::Snapshot;
 
 fn tree(name: &str) -> PathBuf {
     repo().join("tests/data/sysfs").join(name)
@@ -471,8 +471,9 @@ fn thermal_refuses_a_bad_root_and_an_unknown_board() {
 
 #[test]
 fn thermal_shows_what_a_running_loop_publishes() {
-    use beltbox::thermal::status::{self, StatusFile};
-    use beltbox::thermal::window::{LatencyWindows, StageSample, WindowConfig};
+    use beltbox_core::thermal::status::{self, StatusFile};
+    use beltbox_core::thermal::window::{LatencyWindows, WindowConfig};
+    use beltbox_core::timing::StageTimings;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir_all(root.join("run/beltbox")).unwrap();
@@ -480,9 +481,9 @@ fn thermal_shows_what_a_running_loop_publishes() {
     for t in 0..100 {
         lw.record(
             t * 100,
-            &StageSample {
+            &StageTimings {
                 inference_us: 40_000,
-                ..StageSample::default()
+                ..StageTimings::default()
             },
         );
     }
@@ -653,7 +654,7 @@ mod never_panic {
 
         #[test]
         fn sysfs_value_parsers(s in ".{0,40}", bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
-            use beltbox::thermal::sysfs::{parse_khz, parse_millidegrees, parse_throttle_word};
+            use beltbox_core::thermal::sysfs::{parse_khz, parse_millidegrees, parse_throttle_word};
             let lossy = String::from_utf8_lossy(&bytes).into_owned();
             for input in [s.as_str(), lossy.as_str()] {
                 if let Ok(c) = parse_millidegrees(input) {

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use beltbox::bench::{self, BenchConfig};
-use beltbox::model::{LoadOptions, Model, ModelError};
-use beltbox::preprocess::InputKind;
+use beltbox_core::model::{LoadOptions, Model, ModelError};
+use beltbox_core::preprocess::InputKind;
+use beltbox_tools::bench::{self, BenchConfig};
 
 mod plan;
 mod serve;
@@ -163,7 +163,9 @@ pub enum CliError {
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
     #[error(transparent)]
-    Thermal(beltbox::thermal::ThermalError),
+    Thermal(beltbox_core::thermal::ThermalError),
+    #[error(transparent)]
+    Soak(beltbox_tools::soak::SoakError),
     #[error(transparent)]
     Plan(plan::PlanError),
     #[error(transparent)]
@@ -176,6 +178,7 @@ impl CliError {
             CliError::Model(e) if !e.is_input_error() => 1,
             CliError::Output(_) => 1,
             CliError::Thermal(e) if !e.is_input_error() => 1,
+            CliError::Soak(e) if !e.is_input_error() => 1,
             CliError::Plan(e) => e.exit_code(),
             CliError::Run(e) => e.exit_code(),
             _ => 2,
@@ -260,7 +263,7 @@ pub fn main() -> ExitCode {
 
 /// A package argument: an existing directory, else a bundled package name.
 fn resolve_model(arg: &str) -> Result<PathBuf, CliError> {
-    beltbox::model::package::resolve(arg, None)
+    beltbox_core::model::package::resolve(arg, None)
         .ok_or_else(|| CliError::ModelNotFound(arg.to_string()))
 }
 
@@ -391,7 +394,7 @@ fn bench_cmd(
         return emit(&to_json(&report));
     }
     let s = &report.stages;
-    let row = |n: &str, p: &bench::Percentiles| {
+    let row = |n: &str, p: &beltbox_core::stats::Percentiles| {
         format!(
             "  {n:<12} {:>9.3} {:>9.3} {:>9.3} {:>9.3}\n",
             p.p50_ms, p.p95_ms, p.p99_ms, p.max_ms

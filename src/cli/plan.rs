@@ -1,16 +1,15 @@
 //! `beltbox plan`: the RAM plan of a package against the strictest applicable budget.
 //!
 //! Gathers facts (package, optimised graph, board profile) and hands them to the pure
-//! planner in `beltbox::memory`; prints the breakdown; exit 3 when over budget (the
+//! planner in `beltbox_core::memory`; prints the breakdown; exit 3 when over budget (the
 //! breakdown is still printed, on stdout, so a technician sees what does not fit).
 
 use serde::Serialize;
 
-use beltbox::board::{self, BoardError};
-use beltbox::memory::budget::human;
-use beltbox::memory::{self, Budget, BudgetSource, MemoryError, Plan};
-use beltbox::model::package::Package;
-use beltbox::model::{self, ModelError};
+use beltbox_core::board::{self, BoardError};
+use beltbox_core::memory::budget::human;
+use beltbox_core::memory::{self, Budget, BudgetSource, MemoryError, Plan};
+use beltbox_core::model::{self, LoadOptions};
 
 use super::{emit, resolve_model, to_json, CliError, ModelArgs};
 
@@ -104,35 +103,19 @@ pub fn plan_cmd(args: &PlanArgs) -> Result<(), CliError> {
         )),
         None => None,
     };
-    let board_budget = match &args.board {
-        Some(name) => {
-            let p = board::profile(name).map_err(PlanError::Board)?;
-            Some(Budget::from_mib(
-                p.ai_ram_mib(),
-                BudgetSource::Board { board: p.name },
-            ))
-        }
+    let board = match &args.board {
+        Some(name) => Some(board::profile(name).map_err(PlanError::Board)?),
         None => None,
     };
     let frame = args.frame.as_deref().map(parse_frame).transpose()?;
 
     let dir = resolve_model(&args.model.model)?;
-    let package = Package::open(&dir).map_err(ModelError::from)?;
-    let m = &package.manifest;
-    let threads = args.model.threads as usize;
-    // `Package::open` has just hashed this file, so it exists; if it vanished since, the
-    // backend build below reports it properly.
-    let (plan, facts) = model::plan_package(&package, threads, frame)?;
-
-    // Listed in the order ties are credited: the operator's flag, the model, the board.
-    let mut budgets: Vec<Budget> = flag_budget.into_iter().collect();
-    budgets.push(Budget::from_mib(
-        m.budgets.ram_mib,
-        BudgetSource::Manifest {
-            model: m.name.clone(),
-        },
-    ));
-    budgets.extend(board_budget);
+    let opts = LoadOptions {
+        threads: args.model.threads as usize,
+        ..LoadOptions::default()
+    };
+    let (package, plan, facts) = model::plan(&dir, &opts, frame)?;
+    let budgets = memory::budget::applicable(flag_budget, &[&package.manifest], board.as_ref());
     let bound = memory::strictest(&budgets).cloned();
     let total = plan.total_bytes();
     let fits = bound.as_ref().is_none_or(|b| total <= b.bytes);

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use beltbox::serve::{self, loadgen, Config, Listen, ServeError};
+use beltbox::serve::{self, Config, Listen, ServeError};
+use beltbox_tools::loadgen;
 
 use super::{emit, to_json, CliError};
 
@@ -32,7 +33,7 @@ pub enum RunError {
     #[error("--listen: {0}")]
     Listen(String),
     #[error("--budget: {0}")]
-    Budget(beltbox::memory::MemoryError),
+    Budget(beltbox_core::memory::MemoryError),
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error(transparent)]
@@ -83,7 +84,7 @@ pub fn run_cmd(args: &RunArgs) -> Result<(), CliError> {
         cfg.workers = w as usize;
     }
     if let Some(b) = &args.budget {
-        let bytes = beltbox::memory::parse_size(b).map_err(RunError::Budget)?;
+        let bytes = beltbox_core::memory::parse_size(b).map_err(RunError::Budget)?;
         cfg.budget = Some((bytes, b.clone()));
     }
     serve::run(cfg).map_err(RunError::from)?;

@@ -1,18 +1,18 @@
 //! `beltbox board list|show`, `beltbox thermal`, `beltbox soak`: argument structs and the
-//! subcommand bodies. Output formatting lives here; policy lives in `beltbox::thermal`.
+//! subcommand bodies. Output formatting lives here; policy lives in `beltbox_core::thermal`.
 
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use beltbox::board::{self, BoardProfile, Identification, MatchedBy};
-use beltbox::thermal::governor::Level;
-use beltbox::thermal::soak::{self, Mode, Scenario, SoakConfig, SoakReport};
-use beltbox::thermal::status::{self, Published};
-use beltbox::thermal::sysfs::{CpuFreqReading, Snapshot};
-use beltbox::thermal::throttle::{self, cpu_list, Limits, ThrottleStatus};
-use beltbox::thermal::{Monitor, ThermalError};
+use beltbox_core::board::{self, BoardProfile, Identification, MatchedBy};
+use beltbox_core::thermal::governor::Level;
+use beltbox_core::thermal::status::{self, Published};
+use beltbox_core::thermal::sysfs::{CpuFreqReading, Snapshot};
+use beltbox_core::thermal::throttle::{self, cpu_list, Limits, ThrottleStatus};
+use beltbox_core::thermal::{Monitor, ThermalError};
+use beltbox_tools::soak::{self, Mode, Scenario, SoakConfig, SoakError, SoakReport};
 
 use super::{emit, resolve_model, to_json, CliError};
 
@@ -121,6 +121,12 @@ fn parse_duration(s: &str) -> Result<f64, String> {
 impl From<ThermalError> for CliError {
     fn from(e: ThermalError) -> Self {
         CliError::Thermal(e)
+    }
+}
+
+impl From<SoakError> for CliError {
+    fn from(e: SoakError) -> Self {
+        CliError::Soak(e)
     }
 }
 
@@ -610,7 +616,7 @@ pub fn soak_cmd(args: &SoakArgs) -> Result<(), CliError> {
     }
     match &report.targets {
         Some(t) if !t.met => {
-            Err(ThermalError::Soak("targets missed (see the table above)".into()).into())
+            Err(SoakError::Failed("targets missed (see the table above)".into()).into())
         }
         _ => Ok(()),
     }

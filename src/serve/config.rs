@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::memory::parse_size;
+use beltbox_core::memory::parse_size;
 
 /// The model served when neither config nor flags name one.
 pub const DEFAULT_MODEL: &str = "digits-int8-qdq";

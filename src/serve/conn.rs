@@ -300,8 +300,8 @@ fn handle(
 
 fn platform(m: &ServedModel) -> &'static str {
     match m.model.manifest().model.format {
-        crate::model::manifest::Format::Onnx => "onnx_onnxv1",
-        crate::model::manifest::Format::Tflite => "tensorflow_tflite",
+        beltbox_core::manifest::Format::Onnx => "onnx_onnxv1",
+        beltbox_core::manifest::Format::Tflite => "tensorflow_tflite",
     }
 }
 
@@ -533,13 +533,13 @@ fn respond(
             labels: &model.model.labels,
         })
         .collect();
-    let [queue, pre, inf, post, total] = done.stages;
+    let t = &done.stages;
     let mut params: kserve::ResponseParams = vec![
-        ("queue_us", json!(queue)),
-        ("preprocess_us", json!(pre)),
-        ("inference_us", json!(inf)),
-        ("postprocess_us", json!(post)),
-        ("total_us", json!(total)),
+        ("queue_us", json!(t.queue_us)),
+        ("preprocess_us", json!(t.preprocess_us)),
+        ("inference_us", json!(t.inference_us)),
+        ("postprocess_us", json!(t.postprocess_us)),
+        ("total_us", json!(t.total_us())),
     ];
     if let Some(c) = &done.top1 {
         params.push(("top1_index", json!(c.index)));
@@ -576,14 +576,14 @@ fn render_metrics(shared: &Shared) -> String {
     let gauges = Gauges {
         queue_capacity: shared.cfg.queue_depth as u64,
         workers: shared.cfg.workers as u64,
-        heap_bytes: crate::memory::alloc::snapshot().map(|(c, p)| (c as u64, p as u64)),
+        heap_bytes: beltbox_core::memory::alloc::snapshot().map(|(c, p)| (c as u64, p as u64)),
         budget_bytes: shared
             .budget
             .get()
             .and_then(|b| b.as_ref().map(|b| b.bytes)),
         reserved_bytes: gate.map(|g| g.reserved()).unwrap_or(0),
         admission_limit_bytes: gate.map(|g| g.limit()).filter(|&l| l != u64::MAX),
-        rss_bytes: crate::procfs::rss_bytes(),
+        rss_bytes: beltbox_core::procfs::rss_bytes(),
         uptime_s: shared.started.elapsed().as_secs_f64(),
         ready: shared.is_ready(),
     };
@@ -596,7 +596,7 @@ fn render_metrics(shared: &Shared) -> String {
         .ok();
     let throttle = shared.throttle.lock().ok().and_then(|t| t.clone());
     if let Some(r) = report {
-        text.push_str(&crate::thermal::status::prometheus(
+        text.push_str(&beltbox_core::thermal::status::prometheus(
             &r,
             None,
             throttle.as_ref(),

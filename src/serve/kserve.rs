@@ -15,10 +15,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use crate::image::Image;
-use crate::model::manifest::{InputSpec, Manifest};
-use crate::preprocess::{self, InputKind, PreprocessError};
-use crate::tensor::{DType, Tensor, TensorData};
+use beltbox_core::image::Image;
+use beltbox_core::manifest::{InputSpec, Manifest};
+use beltbox_core::preprocess::{self, InputKind, PreprocessError};
+use beltbox_core::tensor::{DType, Tensor, TensorData};
 
 /// The header that announces the JSON part's length in a binary-extension message.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -601,10 +601,10 @@ pub fn to_model_input(inp: InputTensor, spec: &InputSpec) -> Result<Tensor, Kser
                     "UINT8 image {shape:?} must have 1 or 3 channels and a non-zero size"
                 )));
             }
-            if height.saturating_mul(width) > crate::image::MAX_PIXELS {
+            if height.saturating_mul(width) > beltbox_core::image::MAX_PIXELS {
                 return Err(bad(format!(
                     "image {width}x{height} is over the {}-pixel limit",
-                    crate::image::MAX_PIXELS
+                    beltbox_core::image::MAX_PIXELS
                 )));
             }
             let img = Image {
@@ -707,7 +707,7 @@ pub fn encode_response(
         match w.classification {
             Some(k) => {
                 let values = o.tensor.to_f32();
-                let classes: Vec<String> = crate::postprocess::top_k(&values, k)
+                let classes: Vec<String> = beltbox_core::postprocess::top_k(&values, k)
                     .into_iter()
                     .map(|(i, v)| {
                         let label = o.labels.get(i).map(String::as_str).unwrap_or("");

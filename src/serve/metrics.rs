@@ -5,8 +5,10 @@
 //! the counters on the scrape thread. Latency buckets are in seconds, from 0.25 ms (a
 //! digits frame) to 10 s (a MobileNet under emulation).
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use beltbox_core::prom::{self, Exposition, Kind};
+use beltbox_core::timing::{Stage, StageTimings};
 
 /// Histogram bucket upper bounds, seconds.
 pub const BUCKETS_S: [f64; 14] = [
@@ -37,28 +39,10 @@ impl Histogram {
         self.count.load(Relaxed)
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cum = 0u64;
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (i, b) in self.buckets.iter().enumerate() {
-            cum += b.load(Relaxed);
-            let le = BUCKETS_S
-                .get(i)
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "+Inf".into());
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cum}");
-        }
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(
-            out,
-            "{name}_sum{braces} {}",
-            self.sum_us.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count.load(Relaxed));
+    fn render(&self, out: &mut Exposition, name: &str, labels: &str) {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let sum_s = self.sum_us.load(Relaxed) as f64 / 1e6;
+        out.histogram(name, labels, &BUCKETS_S, &counts, sum_s);
     }
 }
 
@@ -101,18 +85,13 @@ impl Outcome {
     }
 }
 
-/// Stages timed per request.
-pub const STAGES: [&str; 5] = ["queue", "preprocess", "inference", "postprocess", "total"];
-
 /// Per-model counters.
 #[derive(Debug, Default)]
 pub struct ModelMetrics {
     outcomes: [AtomicU64; 4],
+    /// One histogram per [`Stage::ALL`] entry, in that order.
     stages: [Histogram; 5],
 }
-
-/// Microseconds per stage, in [`STAGES`] order.
-pub type StageUs = [u64; 5];
 
 impl ModelMetrics {
     pub fn count(&self, o: Outcome) -> u64 {
@@ -123,9 +102,9 @@ impl ModelMetrics {
         self.outcomes[o as usize].fetch_add(1, Relaxed);
     }
 
-    pub fn record_stages(&self, us: &StageUs) {
-        for (h, &v) in self.stages.iter().zip(us) {
-            h.observe_us(v);
+    pub fn record_stages(&self, t: &StageTimings) {
+        for (h, s) in self.stages.iter().zip(Stage::ALL) {
+            h.observe_us(t.get(s));
         }
     }
 }
@@ -164,196 +143,142 @@ pub struct Gauges {
     pub ready: bool,
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// Escapes a label value (backslash, quote, newline).
-pub fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 pub fn render(server: &ServerMetrics, models: &[ModelSample<'_>], g: &Gauges) -> String {
-    let mut out = String::with_capacity(8192);
-    header(
-        &mut out,
+    let mut out = Exposition::new();
+    out.single(
         "beltbox_up",
-        "gauge",
+        Kind::Gauge,
         "1 when all models are loaded and serving.",
+        u8::from(g.ready),
     );
-    let _ = writeln!(out, "beltbox_up {}", u8::from(g.ready));
-    header(
-        &mut out,
+    out.single(
         "beltbox_uptime_seconds",
-        "gauge",
+        Kind::Gauge,
         "Seconds since the service started.",
+        format!("{:.3}", g.uptime_s),
     );
-    let _ = writeln!(out, "beltbox_uptime_seconds {:.3}", g.uptime_s);
-    header(
-        &mut out,
+    out.family(
         "beltbox_model_info",
-        "gauge",
+        Kind::Gauge,
         "Active model versions (value 1).",
     );
     for m in models {
-        let _ = writeln!(
-            out,
-            "beltbox_model_info{{model=\"{}\",version=\"{}\",sha256=\"{}\"}} 1",
-            label(m.name),
-            label(m.version),
-            label(m.sha256)
-        );
+        let l = prom::labels(&[
+            ("model", m.name),
+            ("version", m.version),
+            ("sha256", m.sha256),
+        ]);
+        out.sample("beltbox_model_info", &l, 1);
     }
-    header(
-        &mut out,
+    out.family(
         "beltbox_requests_total",
-        "counter",
+        Kind::Counter,
         "Inference requests by model and outcome (ok, bad_request, rejected = 503, error).",
     );
     for m in models {
         for o in Outcome::ALL {
-            let _ = writeln!(
-                out,
-                "beltbox_requests_total{{model=\"{}\",outcome=\"{}\"}} {}",
-                label(m.name),
-                o.name(),
-                m.metrics.count(o)
-            );
+            let l = prom::labels(&[("model", m.name), ("outcome", o.name())]);
+            out.sample("beltbox_requests_total", &l, m.metrics.count(o));
         }
     }
-    header(
-        &mut out,
+    out.single(
         "beltbox_unrouted_requests_total",
-        "counter",
+        Kind::Counter,
         "Requests for unknown paths or models, and malformed HTTP.",
+        server.unrouted.load(Relaxed),
     );
-    let _ = writeln!(
-        out,
-        "beltbox_unrouted_requests_total {}",
-        server.unrouted.load(Relaxed)
-    );
-    header(
-        &mut out,
+    out.family(
         "beltbox_request_duration_seconds",
-        "histogram",
+        Kind::Histogram,
         "Latency per stage of successful inferences (queue = waiting for a worker).",
     );
     for m in models {
-        for (stage, h) in STAGES.iter().zip(&m.metrics.stages) {
-            h.render(
-                &mut out,
-                "beltbox_request_duration_seconds",
-                &format!("model=\"{}\",stage=\"{stage}\"", label(m.name)),
-            );
+        for (stage, h) in Stage::ALL.iter().zip(&m.metrics.stages) {
+            let l = prom::labels(&[("model", m.name), ("stage", stage.name())]);
+            h.render(&mut out, "beltbox_request_duration_seconds", &l);
         }
     }
-    header(
-        &mut out,
+    out.single(
         "beltbox_queue_depth",
-        "gauge",
+        Kind::Gauge,
         "Requests waiting for a worker.",
+        server.queue_depth.load(Relaxed),
     );
-    let _ = writeln!(
-        out,
-        "beltbox_queue_depth {}",
-        server.queue_depth.load(Relaxed)
-    );
-    header(
-        &mut out,
+    out.single(
         "beltbox_queue_capacity",
-        "gauge",
+        Kind::Gauge,
         "Queue slots; a full queue answers 503.",
+        g.queue_capacity,
     );
-    let _ = writeln!(out, "beltbox_queue_capacity {}", g.queue_capacity);
-    header(
-        &mut out,
+    out.single(
         "beltbox_in_flight",
-        "gauge",
+        Kind::Gauge,
         "Requests being run by a worker.",
+        server.in_flight.load(Relaxed),
     );
-    let _ = writeln!(out, "beltbox_in_flight {}", server.in_flight.load(Relaxed));
-    header(
-        &mut out,
+    out.single(
         "beltbox_workers",
-        "gauge",
+        Kind::Gauge,
         "Inference worker threads.",
+        g.workers,
     );
-    let _ = writeln!(out, "beltbox_workers {}", g.workers);
-    header(
-        &mut out,
+    out.single(
         "beltbox_connections_open",
-        "gauge",
+        Kind::Gauge,
         "Open client connections.",
+        server.connections_open.load(Relaxed),
     );
-    let _ = writeln!(
-        out,
-        "beltbox_connections_open {}",
-        server.connections_open.load(Relaxed)
-    );
-    header(
-        &mut out,
+    out.single(
         "beltbox_connections_refused_total",
-        "counter",
+        Kind::Counter,
         "Connections answered 503 because max_connections were open.",
-    );
-    let _ = writeln!(
-        out,
-        "beltbox_connections_refused_total {}",
-        server.connections_refused.load(Relaxed)
+        server.connections_refused.load(Relaxed),
     );
     if let Some((cur, peak)) = g.heap_bytes {
-        header(
-            &mut out,
+        out.single(
             "beltbox_memory_heap_bytes",
-            "gauge",
+            Kind::Gauge,
             "Live heap bytes (counting allocator).",
+            cur,
         );
-        let _ = writeln!(out, "beltbox_memory_heap_bytes {cur}");
-        header(
-            &mut out,
+        out.single(
             "beltbox_memory_heap_peak_bytes",
-            "gauge",
+            Kind::Gauge,
             "Heap high-water mark since the service became ready (serving, not loading).",
+            peak,
         );
-        let _ = writeln!(out, "beltbox_memory_heap_peak_bytes {peak}");
     }
     if let Some(b) = g.budget_bytes {
-        header(
-            &mut out,
+        out.single(
             "beltbox_memory_budget_bytes",
-            "gauge",
+            Kind::Gauge,
             "RAM budget the service enforces (strictest of config, board and manifests).",
+            b,
         );
-        let _ = writeln!(out, "beltbox_memory_budget_bytes {b}");
     }
-    header(
-        &mut out,
+    out.single(
         "beltbox_memory_reserved_bytes",
-        "gauge",
+        Kind::Gauge,
         "Heap reserved by admitted requests (planned per-request bytes).",
+        g.reserved_bytes,
     );
-    let _ = writeln!(out, "beltbox_memory_reserved_bytes {}", g.reserved_bytes);
     if let Some(l) = g.admission_limit_bytes {
-        header(
-            &mut out,
+        out.single(
             "beltbox_memory_admission_limit_bytes",
-            "gauge",
+            Kind::Gauge,
             "Heap requests may reserve in total: budget - runtime overhead - heap when ready.",
+            l,
         );
-        let _ = writeln!(out, "beltbox_memory_admission_limit_bytes {l}");
     }
     if let Some(rss) = g.rss_bytes {
-        header(
-            &mut out,
+        out.single(
             "beltbox_memory_rss_bytes",
-            "gauge",
+            Kind::Gauge,
             "Resident set size.",
+            rss,
         );
-        let _ = writeln!(out, "beltbox_memory_rss_bytes {rss}");
     }
-    out
+    out.finish()
 }
 
 #[cfg(test)]
@@ -366,8 +291,9 @@ mod tests {
         h.observe_us(100); // 0.1 ms -> first bucket
         h.observe_us(3_000); // 3 ms -> le 0.005
         h.observe_us(20_000_000); // 20 s -> +Inf
-        let mut out = String::new();
-        h.render(&mut out, "x", "m=\"a\"");
+        let mut e = Exposition::new();
+        h.render(&mut e, "x", "m=\"a\"");
+        let out = e.finish();
         assert!(
             out.contains("x_bucket{m=\"a\",le=\"0.00025\"} 1\n"),
             "{out}"
@@ -386,10 +312,5 @@ mod tests {
         assert_eq!(Outcome::of_status(503), Outcome::Rejected);
         assert_eq!(Outcome::of_status(413), Outcome::BadRequest);
         assert_eq!(Outcome::of_status(500), Outcome::Error);
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

@@ -11,7 +11,6 @@
 //! | [`systemd`] | sd_notify and the watchdog interval | socket |
 //! | [`conn`] | one client connection: read, route, answer | socket |
 //! | [`worker`] | the queue and the inference workers | model |
-//! | [`client`], [`loadgen`] | a minimal HTTP client and the load generator | socket |
 //!
 //! Threads: one acceptor per listener, one thread per open connection (at most
 //! `max_connections`), `workers` inference workers, one supervisor (watchdog, thermal,
@@ -19,12 +18,10 @@
 //! (after reserving its memory), queues it (503 when full), a worker preprocesses, runs
 //! and postprocesses it, the connection thread encodes and writes the answer.
 
-pub mod client;
 pub mod config;
 mod conn;
 pub mod http;
 pub mod kserve;
-pub mod loadgen;
 pub mod metrics;
 mod supervisor;
 pub mod systemd;
@@ -38,12 +35,13 @@ use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::board;
-use crate::memory::admission::Gate;
-use crate::memory::budget::human;
-use crate::memory::{self, Budget, BudgetSource, Plan};
-use crate::model::{package::Package, LoadOptions, Model, ModelError};
-use crate::thermal::{LatencyWindows, WindowConfig};
+use beltbox_core::board;
+use beltbox_core::manifest::Manifest;
+use beltbox_core::memory::admission::Gate;
+use beltbox_core::memory::budget::human;
+use beltbox_core::memory::{self, Budget, BudgetSource, Plan};
+use beltbox_core::model::{self, LoadOptions, Model, ModelError};
+use beltbox_core::thermal::{LatencyWindows, WindowConfig};
 
 pub use config::{Config, ConfigError, Listen};
 
@@ -95,10 +93,9 @@ impl ServeError {
     }
 }
 
-/// A model being served, with its plan and counters.
+/// A model being served (its RAM plan is `model.plan`), with its counters.
 pub struct ServedModel {
     pub model: Model,
-    pub plan: Plan,
     pub metrics: metrics::ModelMetrics,
 }
 
@@ -119,7 +116,7 @@ impl ServedModel {
     pub fn request_bytes(&self, body_bytes: u64) -> u64 {
         body_bytes
             .saturating_mul(16)
-            .saturating_add(self.plan.per_request_bytes())
+            .saturating_add(self.model.plan.per_request_bytes())
     }
 }
 
@@ -137,7 +134,7 @@ pub(crate) struct Shared {
     pub started: Instant,
     pub windows: Mutex<LatencyWindows>,
     /// Latest throttle assessment, refreshed by the supervisor each second.
-    pub throttle: Mutex<Option<crate::thermal::ThrottleStatus>>,
+    pub throttle: Mutex<Option<beltbox_core::thermal::ThrottleStatus>>,
     /// Per worker: ms since `started` of its last sign of life.
     pub heartbeats: Vec<AtomicU64>,
     pub notifier: systemd::Notifier,
@@ -145,7 +142,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn now_ms(&self) -> u64 {
-        crate::thermal::ms_since(self.started)
+        beltbox_core::timing::ms_since(self.started)
     }
 
     pub fn models(&self) -> Vec<Arc<ServedModel>> {
@@ -232,33 +229,21 @@ fn accept_loop(shared: Arc<Shared>, listener: Arc<Listener>) {
     }
 }
 
-/// Budgets that apply to the service: config, board AI share, each manifest.
-fn budgets(cfg: &Config, packages: &[Package]) -> Result<Vec<Budget>, ServeError> {
-    let mut out: Vec<Budget> = cfg
+/// The operator's and the board's budgets; each model adds its manifest's as it is
+/// loaded (see [`load_models`]).
+fn service_budgets(
+    cfg: &Config,
+) -> Result<(Option<Budget>, Option<board::BoardProfile>), ServeError> {
+    let operator = cfg
         .budget
-        .iter()
-        .map(|(bytes, text)| Budget::new(*bytes, BudgetSource::Config { text: text.clone() }))
-        .collect();
-    for p in packages {
-        out.push(Budget::from_mib(
-            p.manifest.budgets.ram_mib,
-            BudgetSource::Manifest {
-                model: p.manifest.name.clone(),
-            },
-        ));
-    }
-    let profile = if cfg.board == "auto" {
+        .as_ref()
+        .map(|(bytes, text)| Budget::new(*bytes, BudgetSource::Config { text: text.clone() }));
+    let board = if cfg.board == "auto" {
         board::identify()?.profile
     } else {
         Some(board::profile(&cfg.board)?)
     };
-    if let Some(p) = profile {
-        out.push(Budget::from_mib(
-            p.ai_ram_mib(),
-            BudgetSource::Board { board: p.name },
-        ));
-    }
-    Ok(out)
+    Ok((operator, board))
 }
 
 fn over(what: String, need: u64, b: &Budget, detail: String) -> ServeError {
@@ -271,21 +256,29 @@ fn over(what: String, need: u64, b: &Budget, detail: String) -> ServeError {
     }))
 }
 
-/// Plans every package against the strictest budget before anything is loaded: the sum
-/// of the models' heaps, the runtime once, and one in-flight request per extra worker.
-fn plan_all(cfg: &Config, packages: &[Package]) -> Result<(Vec<Plan>, Option<Budget>), ServeError> {
-    let all = budgets(cfg, packages)?;
-    let bound = memory::strictest(&all).cloned();
-    let mut plans = Vec::new();
-    let mut total = 0u64;
-    let mut runtime = 0u64;
-    let mut per_request = 0u64;
-    for p in packages {
-        let (plan, _) = crate::model::plan_package(p, cfg.threads, None)?;
-        total += plan.model_bytes();
-        runtime = runtime.max(plan.runtime_bytes);
-        per_request = per_request.max(plan.per_request_bytes());
-        let need = total + runtime + cfg.workers.saturating_sub(1) as u64 * per_request;
+/// What the models loaded so far, plus the next one, need together: the sum of their
+/// heaps, the runtime once, and one in-flight request per extra worker.
+#[derive(Default)]
+struct Tally {
+    models: usize,
+    heap: u64,
+    runtime: u64,
+    per_request: u64,
+}
+
+impl Tally {
+    /// Adds `plan` and refuses it when the total would exceed the strictest budget.
+    fn admit(
+        &mut self,
+        plan: &Plan,
+        bound: Option<&Budget>,
+        workers: usize,
+    ) -> Result<(), ServeError> {
+        let heap = self.heap + plan.model_bytes();
+        let runtime = self.runtime.max(plan.runtime_bytes);
+        let per_request = self.per_request.max(plan.per_request_bytes());
+        let extra = workers.saturating_sub(1);
+        let need = heap + runtime + extra as u64 * per_request;
         log::info!(
             "RAM plan of {} {}: {} (weights {}, activations {}, per request {})",
             plan.model,
@@ -295,26 +288,30 @@ fn plan_all(cfg: &Config, packages: &[Package]) -> Result<(Vec<Plan>, Option<Bud
             human(plan.activation_bytes),
             human(plan.per_request_bytes())
         );
-        if let Some(b) = &bound {
+        if let Some(b) = bound {
             if need > b.bytes {
                 return Err(over(
-                    format!("loading {} (with {} model(s) before it and {} worker(s))", plan.model, plans.len(), cfg.workers),
+                    format!("loading {} (with {} model(s) before it and {workers} worker(s))", plan.model, self.models),
                     need,
                     b,
                     format!(
-                        "model heap {} + runtime {} + {} extra worker(s) x {} per request; run `beltbox plan --model {}` for the breakdown",
-                        human(total),
+                        "model heap {} + runtime {} + {extra} extra worker(s) x {} per request; run `beltbox plan --model {}` for the breakdown",
+                        human(heap),
                         human(runtime),
-                        cfg.workers.saturating_sub(1),
                         human(per_request),
                         plan.model
                     ),
                 ));
             }
         }
-        plans.push(plan);
+        *self = Tally {
+            models: self.models + 1,
+            heap,
+            runtime,
+            per_request,
+        };
+        Ok(())
     }
-    Ok((plans, bound))
 }
 
 /// Runs the service until SIGTERM/SIGINT, then drains and returns.
@@ -463,41 +460,43 @@ fn install_signals(
         .map_err(ServeError::Signals)
 }
 
-/// Plans, then loads (and golden-checks) every configured model, then opens the gate.
+/// Loads every configured model in one pass each: verify and build once, plan from the
+/// built graph, refuse what does not fit the strictest budget (before the golden
+/// self-check runs anything), self-check, then open the gate.
 fn load_models(shared: &Arc<Shared>) -> Result<(), ServeError> {
     let cfg = &shared.cfg;
-    let mut packages = Vec::new();
-    for arg in &cfg.models {
-        shared.notifier.status(&format!("verifying package {arg}"));
-        let dir = crate::model::package::resolve(arg, cfg.models_dir.as_deref())
-            .ok_or_else(|| ServeError::ModelNotFound(arg.clone()))?;
-        let p = Package::open(&dir).map_err(ModelError::from)?;
-        if packages
-            .iter()
-            .any(|q: &Package| q.manifest.name == p.manifest.name)
-        {
-            return Err(ServeError::DuplicateModel(p.manifest.name.clone()));
-        }
-        packages.push(p);
-    }
-    shared.notifier.status("planning RAM");
-    let (plans, bound) = plan_all(cfg, &packages)?;
+    let (operator, board) = service_budgets(cfg)?;
+    let opts = LoadOptions {
+        threads: cfg.threads,
+        ..LoadOptions::default()
+    };
+    let mut manifests: Vec<Manifest> = Vec::new();
+    let mut tally = Tally::default();
+    let mut bound = None;
     let mut served = Vec::new();
-    for (p, plan) in packages.into_iter().zip(plans) {
+    for arg in &cfg.models {
+        shared
+            .notifier
+            .status(&format!("verifying and building package {arg}"));
+        let dir = beltbox_core::model::package::resolve(arg, cfg.models_dir.as_deref())
+            .ok_or_else(|| ServeError::ModelNotFound(arg.clone()))?;
+        let built = model::build(&dir, &opts, None)?;
+        let m = &built.package.manifest;
+        if manifests.iter().any(|q| q.name == m.name) {
+            return Err(ServeError::DuplicateModel(m.name.clone()));
+        }
+        manifests.push(m.clone());
+        let refs: Vec<&Manifest> = manifests.iter().collect();
+        let all = memory::budget::applicable(operator.clone(), &refs, board.as_ref());
+        bound = memory::strictest(&all).cloned();
+        tally.admit(&built.plan, bound.as_ref(), cfg.workers)?;
         shared.notifier.status(&format!(
-            "loading {} and running its golden self-check",
-            plan.model
+            "running the golden self-check of {}",
+            built.plan.model
         ));
-        let model = Model::load(
-            &p.dir,
-            &LoadOptions {
-                threads: cfg.threads,
-                ..LoadOptions::default()
-            },
-        )?;
+        let model = built.self_check()?;
         served.push(Arc::new(ServedModel {
             model,
-            plan,
             metrics: metrics::ModelMetrics::default(),
         }));
     }
@@ -527,7 +526,7 @@ fn gate_limit(served: &[Arc<ServedModel>], bound: Option<&Budget>) -> Result<u64
     };
     let runtime = served
         .iter()
-        .map(|m| m.plan.runtime_bytes)
+        .map(|m| m.model.plan.runtime_bytes)
         .max()
         .unwrap_or(0);
     let baseline = match memory::alloc::snapshot() {
@@ -535,7 +534,10 @@ fn gate_limit(served: &[Arc<ServedModel>], bound: Option<&Budget>) -> Result<u64
         // Library use without the counting allocator: trust the plans.
         None => served
             .iter()
-            .map(|m| m.plan.weights_bytes + m.plan.graph_bytes + m.plan.scratch_bytes)
+            .map(|m| {
+                let p = &m.model.plan;
+                p.weights_bytes + p.graph_bytes + p.scratch_bytes
+            })
             .sum(),
     };
     let heap_budget = b.bytes.saturating_sub(runtime);

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use super::metrics::Outcome;
 use super::{systemd, Shared};
-use crate::board::{self, BoardProfile};
-use crate::thermal::{self, status, Monitor};
+use beltbox_core::board::{self, BoardProfile};
+use beltbox_core::thermal::{self, status, Monitor};
 
 const TICK: Duration = Duration::from_millis(1000);
 const STATUS_EVERY: Duration = Duration::from_secs(10);
@@ -37,7 +37,7 @@ fn sysfs_root() -> PathBuf {
 
 fn profile(shared: &Shared, root: &std::path::Path) -> Option<BoardProfile> {
     let found = if shared.cfg.board == "auto" {
-        board::identify_under(root, crate::cpu::arch()).map(|id| id.profile)
+        board::identify_under(root, beltbox_core::cpu::arch()).map(|id| id.profile)
     } else {
         board::profile(&shared.cfg.board).map(Some)
     };

@@ -9,12 +9,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::kserve::{self, InputTensor};
-use super::metrics::StageUs;
 use super::{ServedModel, Shared};
-use crate::model::us;
-use crate::postprocess::Class;
-use crate::tensor::Tensor;
-use crate::thermal::StageSample;
+use beltbox_core::model::ModelError;
+use beltbox_core::postprocess::Class;
+use beltbox_core::tensor::Tensor;
+use beltbox_core::timing::{us, StageTimings};
 
 /// How often an idle worker shows it is alive (the watchdog reads the heartbeats).
 const IDLE_TICK: Duration = Duration::from_millis(250);
@@ -28,7 +27,7 @@ pub(crate) struct Job {
 
 pub(crate) struct Done {
     pub outputs: Vec<Tensor>,
-    pub stages: StageUs,
+    pub stages: StageTimings,
     pub top1: Option<Class>,
 }
 
@@ -93,41 +92,48 @@ fn run(shared: &Shared, job: Job) -> JobResult {
     shared.metrics.in_flight.fetch_sub(1, Relaxed);
     if let Ok(done) = &result {
         job.model.metrics.record_stages(&done.stages);
-        let sample = StageSample {
-            queue_us: done.stages[0],
-            preprocess_us: done.stages[1],
-            inference_us: done.stages[2],
-            postprocess_us: done.stages[3],
-        };
         let now = shared.now_ms();
         if let Ok(mut w) = shared.windows.lock() {
-            w.record(now, &sample);
+            w.record(now, &done.stages);
         }
     }
     result
 }
 
-fn infer(m: &ServedModel, input: InputTensor, queue_us: u64) -> JobResult {
-    let manifest = m.model.manifest();
-    let t0 = Instant::now();
-    let tensor =
-        kserve::to_model_input(input, &manifest.input).map_err(|e| (400, e.to_string()))?;
-    let t1 = Instant::now();
-    let outputs = m.model.run_tensor(&tensor).map_err(|e| {
+/// A failed request: the HTTP status and the message for the client.
+struct Fail(u16, String);
+
+impl From<ModelError> for Fail {
+    fn from(e: ModelError) -> Fail {
         if e.is_input_error() {
-            (400, e.to_string())
+            Fail(400, e.to_string())
         } else {
-            log::error!("{} failed on a request: {e}", m.name());
-            (500, format!("model {} failed: {e}", m.name()))
+            Fail(500, e.to_string())
         }
-    })?;
-    let t2 = Instant::now();
-    let top1 = m.model.classes(&outputs, 1).into_iter().next();
-    let t3 = Instant::now();
-    let (pre, inf, post) = (us(t1 - t0), us(t2 - t1), us(t3 - t2));
+    }
+}
+
+fn infer(m: &ServedModel, input: InputTensor, queue_us: u64) -> JobResult {
+    let inference = m
+        .model
+        .infer_with(
+            |spec| kserve::to_model_input(input, spec).map_err(|e| Fail(400, e.to_string())),
+            1,
+        )
+        .map_err(|Fail(status, message)| {
+            if status >= 500 {
+                log::error!("{} failed on a request: {message}", m.name());
+                (status, format!("model {} failed: {message}", m.name()))
+            } else {
+                (status, message)
+            }
+        })?;
     Ok(Done {
-        outputs,
-        stages: [queue_us, pre, inf, post, pre + inf + post],
-        top1,
+        outputs: inference.outputs,
+        stages: StageTimings {
+            queue_us,
+            ..inference.timings
+        },
+        top1: inference.classes.into_iter().next(),
     })
 }

@@ -1,0 +1,319 @@
+//! ONNX through tract: parse, register our contrib ops, pin the input fact from the
+//! manifest, optimise, and keep a small pool of run states so repeated inferences reuse
+//! their buffers instead of re-allocating them.
+
+use std::io::Cursor;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
+
+use tract_core::runtime::RunOptions;
+use tract_linalg::multithread::Executor;
+use tract_onnx::prelude::*;
+
+use super::backend::{Backend, BackendError, OpCounts, OpTime};
+use crate::manifest::Manifest;
+use crate::tensor::{DType, Tensor as BbTensor, TensorData};
+use beltbox_tract::{onnx_ops, qconv, qdq};
+
+/// tract is pinned to this exact version in Cargo.toml (`=0.23.9`); logged at load.
+pub const TRACT_VERSION: &str = "0.23.9";
+
+type Plan = Arc<TypedRunnableModel>;
+type State = TypedSimpleState;
+
+pub struct TractBackend {
+    plan: Plan,
+    /// Idle run states. A state owns its intermediate buffers; reusing one avoids
+    /// allocating every activation tensor on every frame.
+    states: Mutex<Vec<State>>,
+}
+
+fn dt(d: DType) -> DatumType {
+    match d {
+        DType::Float32 => DatumType::F32,
+        DType::Int8 => DatumType::I8,
+        DType::Uint8 => DatumType::U8,
+    }
+}
+
+/// tract is third-party code fed untrusted bytes: a panic inside it must become an error,
+/// never take the process down.
+fn contain<T>(what: &str, f: impl FnOnce() -> TractResult<T>) -> Result<T, String> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {}", root_cause(&e))),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(format!("{what}: tract panicked ({msg})"))
+        }
+    }
+}
+
+/// anyhow chains read best as "outer context: inner cause".
+fn root_cause(e: &TractError) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// tract's ONNX framework with beltbox's ops: the contrib ops and the integer QLinearConv.
+pub fn framework() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    onnx_ops::register(&mut onnx);
+    qconv::register(&mut onnx);
+    onnx
+}
+
+impl TractBackend {
+    pub fn load(
+        bytes: &[u8],
+        manifest: &Manifest,
+        threads: usize,
+    ) -> Result<TractBackend, BackendError> {
+        let spec = &manifest.input;
+        let (model, qdq_stats) = contain("cannot parse the ONNX model", || {
+            let onnx = framework();
+            let mut proto = onnx.proto_model_for_read(&mut Cursor::new(bytes))?;
+            let stats = qdq::rewrite(&mut proto);
+            Ok((onnx.model_for_proto_model(&proto)?, stats))
+        })
+        .map_err(BackendError::Load)?;
+        if qdq_stats.fused_total() > 0 || !qdq_stats.left_float.is_empty() {
+            log::debug!(
+                "QDQ groups fused into integer ops: {:?}; left in float: {:?}",
+                qdq_stats.fused,
+                qdq_stats.left_float
+            );
+        }
+
+        let inputs = model
+            .input_outlets()
+            .map_err(|e| BackendError::Load(e.to_string()))?;
+        if inputs.len() != 1 {
+            return Err(BackendError::Mismatch(format!(
+                "the graph has {} inputs; beltbox packages describe exactly one",
+                inputs.len()
+            )));
+        }
+        let graph_input = model.node(inputs[0].node).name.clone();
+        if graph_input != spec.name {
+            return Err(BackendError::Mismatch(format!(
+                "manifest input.name is `{}` but the graph's input is `{graph_input}`",
+                spec.name
+            )));
+        }
+        let outputs = model
+            .output_outlets()
+            .map_err(|e| BackendError::Load(e.to_string()))?;
+        if outputs.len() != manifest.outputs.len() {
+            return Err(BackendError::Mismatch(format!(
+                "the graph has {} outputs but the manifest lists {}",
+                outputs.len(),
+                manifest.outputs.len()
+            )));
+        }
+        for (i, (outlet, o)) in outputs.iter().zip(&manifest.outputs).enumerate() {
+            let name = model
+                .outlet_label(*outlet)
+                .unwrap_or(&model.node(outlet.node).name);
+            if name != o.name {
+                return Err(BackendError::Mismatch(format!(
+                    "manifest outputs[{i}].name is `{}` but the graph's output is `{name}`",
+                    o.name
+                )));
+            }
+        }
+
+        let shape = spec.shape.clone();
+        let input_dt = dt(spec.dtype);
+        let typed = contain("cannot prepare the ONNX model", move || {
+            model
+                .with_input_fact(0, InferenceFact::dt_shape(input_dt, shape))?
+                .into_optimized()
+        })
+        .map_err(BackendError::Load)?;
+
+        for (i, o) in manifest.outputs.iter().enumerate() {
+            let fact = typed
+                .output_fact(i)
+                .map_err(|e| BackendError::Load(e.to_string()))?;
+            let got: Option<Vec<usize>> = fact.shape.as_concrete().map(|s| s.to_vec());
+            if got.as_deref() != Some(&o.shape[..]) {
+                return Err(BackendError::Mismatch(format!(
+                    "manifest outputs[{i}].shape is {:?} but the graph produces {:?}",
+                    o.shape, fact.shape
+                )));
+            }
+        }
+
+        let executor = if threads > 1 {
+            Some(Executor::multithread(threads))
+        } else {
+            Some(Executor::SingleThread)
+        };
+        let options = RunOptions {
+            executor,
+            ..Default::default()
+        };
+        let plan = contain("cannot plan the ONNX model", || {
+            typed.into_runnable_with_options(&options)
+        })
+        .map_err(BackendError::Load)?;
+        Ok(TractBackend {
+            plan,
+            states: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The optimised graph (for planning and reports).
+    pub fn typed_model(&self) -> &TypedModel {
+        self.plan.model()
+    }
+
+    /// The runnable plan: its execution order drives the RAM plan's liveness analysis.
+    pub fn runnable(&self) -> &TypedRunnableModel {
+        &self.plan
+    }
+}
+
+fn to_tract(t: &BbTensor) -> TractResult<Tensor> {
+    match &t.data {
+        TensorData::F32(v) => Tensor::from_shape(&t.shape, v),
+        TensorData::I8(v) => Tensor::from_shape(&t.shape, v),
+        TensorData::U8(v) => Tensor::from_shape(&t.shape, v),
+    }
+}
+
+fn from_tract(t: &Tensor) -> Result<BbTensor, BackendError> {
+    fn plain<D: Datum + Copy>(t: &Tensor) -> Result<Vec<D>, BackendError> {
+        let view = t
+            .to_plain_array_view::<D>()
+            .map_err(|e| BackendError::Run(root_cause(&e)))?;
+        Ok(view.iter().copied().collect())
+    }
+    let shape = t.shape().to_vec();
+    let data = match t.datum_type() {
+        DatumType::F32 => TensorData::F32(plain::<f32>(t)?),
+        DatumType::I8 => TensorData::I8(plain::<i8>(t)?),
+        DatumType::U8 => TensorData::U8(plain::<u8>(t)?),
+        other => {
+            return Err(BackendError::Run(format!(
+                "graph output has type {other:?}; beltbox reads f32, i8 and u8 outputs (end the graph with DequantizeLinear)"
+            )))
+        }
+    };
+    Ok(BbTensor::new(shape, data))
+}
+
+impl Backend for TractBackend {
+    fn run(&self, input: &BbTensor) -> Result<Vec<BbTensor>, BackendError> {
+        let pooled = self.states.lock().ok().and_then(|mut s| s.pop());
+        let mut state = match pooled {
+            Some(s) => s,
+            None => self
+                .plan
+                .spawn()
+                .map_err(|e| BackendError::Run(root_cause(&e)))?,
+        };
+        let tensor = to_tract(input).map_err(|e| BackendError::Run(root_cause(&e)))?;
+        let out = contain("inference failed", || {
+            state.run(tvec!(tensor.into_tvalue()))
+        })
+        .map_err(BackendError::Run)?;
+        let result = out.iter().map(|v| from_tract(v)).collect();
+        if let Ok(mut s) = self.states.lock() {
+            s.push(state);
+        }
+        result
+    }
+
+    fn name(&self) -> &'static str {
+        "tract"
+    }
+
+    fn runtime_version(&self) -> String {
+        format!("tract {TRACT_VERSION}")
+    }
+
+    fn op_counts(&self) -> Option<OpCounts> {
+        let model = self.plan.model();
+        let mut counts = OpCounts::default();
+        for &id in self.plan.order_without_consts() {
+            let node = model.node(id);
+            if node.op_is::<tract_core::ops::source::TypedSource>() {
+                continue;
+            }
+            let facts = node
+                .inputs
+                .iter()
+                .filter_map(|i| model.outlet_fact(*i).ok())
+                .chain(node.outputs.iter().map(|o| &o.fact));
+            if facts.into_iter().any(|f| f.datum_type.is_float()) {
+                counts.float += 1;
+                *counts
+                    .float_ops
+                    .entry(node.op.name().to_string())
+                    .or_default() += 1;
+            } else {
+                counts.integer += 1;
+            }
+        }
+        Some(counts)
+    }
+
+    fn profile(&self, input: &BbTensor, runs: usize) -> Result<Option<Vec<OpTime>>, BackendError> {
+        let model = self.plan.model();
+        let mut per_node = vec![std::time::Duration::ZERO; model.nodes().len()];
+        let mut state = self
+            .plan
+            .spawn()
+            .map_err(|e| BackendError::Run(root_cause(&e)))?;
+        let tensor = to_tract(input).map_err(|e| BackendError::Run(root_cause(&e)))?;
+        for _ in 0..runs.max(1) {
+            let input = tvec!(tensor.clone().into_tvalue());
+            contain("profiled inference failed", || {
+                state.run_plan_with_eval(input, |ctx, op_state, node, inputs| {
+                    let t = std::time::Instant::now();
+                    let r = tract_core::plan::eval(ctx, op_state, node, inputs);
+                    per_node[node.id] += t.elapsed();
+                    r
+                })
+            })
+            .map_err(BackendError::Run)?;
+        }
+        let mut by_op: std::collections::HashMap<String, (usize, std::time::Duration)> =
+            Default::default();
+        for (id, d) in per_node.iter().enumerate() {
+            let node = model.node(id);
+            if node.op_is::<tract_core::ops::konst::Const>()
+                || node.op_is::<tract_core::ops::source::TypedSource>()
+            {
+                continue;
+            }
+            let e = by_op.entry(node.op.name().to_string()).or_default();
+            e.0 += 1;
+            e.1 += *d;
+        }
+        let total: f64 = by_op.values().map(|(_, d)| d.as_secs_f64()).sum();
+        let mut out: Vec<OpTime> = by_op
+            .into_iter()
+            .map(|(op, (nodes, d))| OpTime {
+                op,
+                nodes,
+                ms_per_run: d.as_secs_f64() * 1e3 / runs.max(1) as f64,
+                share: if total > 0.0 {
+                    d.as_secs_f64() / total
+                } else {
+                    0.0
+                },
+            })
+            .collect();
+        out.sort_by(|a, b| b.ms_per_run.total_cmp(&a.ms_per_run));
+        Ok(Some(out))
+    }
+}

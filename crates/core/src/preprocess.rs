@@ -1,0 +1,343 @@
+//! Turns input bytes (PNG, PGM, NPY, raw) into the tensor the model expects.
+//!
+//! Images go through: colour conversion -> bilinear resize -> normalise -> layout ->
+//! quantise (int8/uint8 inputs). The normalisation order is fixed and documented in
+//! docs/model-package.md because golden references are computed with exactly it:
+//! `x = (sample / maxval * scale - mean[c]) / std[c]`, in f32.
+//! NPY and raw inputs are tensors already and skip image preprocessing.
+
+use crate::image::{self, Image, ImageError};
+use crate::manifest::{Color, InputSpec, Layout};
+use crate::npy::{self, NpyError};
+use crate::tensor::{DType, QuantParams, Tensor, TensorData};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PreprocessError {
+    #[error("unrecognised input format: expected PNG, PGM (P5/P2), NPY, or raw {dtype} bytes (.raw/.bin)")]
+    UnknownFormat { dtype: DType },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Npy(#[from] NpyError),
+    #[error("NPY input has shape {got:?} but the model input is {expected:?}")]
+    Shape {
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    #[error(
+        "NPY input is {got}; the model input takes {expected} (or float32, which is quantised)"
+    )]
+    Dtype { expected: DType, got: DType },
+    #[error(
+        "raw input has {got} bytes; the model input {shape:?} of {dtype} needs exactly {expected}"
+    )]
+    RawSize {
+        shape: Vec<usize>,
+        dtype: DType,
+        expected: usize,
+        got: usize,
+    },
+    #[error("input contains NaN or infinite values")]
+    NotFinite,
+}
+
+/// How the input bytes should be read; `Auto` sniffs magic bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    Auto,
+    Raw,
+}
+
+impl InputKind {
+    /// Raw only when the file name says so: raw bytes have no magic to sniff.
+    pub fn from_file_name(name: &str) -> InputKind {
+        let lower = name.to_ascii_lowercase();
+        if lower.ends_with(".raw") || lower.ends_with(".bin") {
+            InputKind::Raw
+        } else {
+            InputKind::Auto
+        }
+    }
+}
+
+pub fn prepare(bytes: &[u8], kind: InputKind, spec: &InputSpec) -> Result<Tensor, PreprocessError> {
+    if kind == InputKind::Raw {
+        return from_raw(bytes, spec);
+    }
+    if npy::is_npy(bytes) {
+        return from_npy(npy::parse(bytes)?, spec);
+    }
+    let img = if image::is_png(bytes) {
+        image::decode_png(bytes)?
+    } else if image::is_pgm(bytes) {
+        image::decode_pgm(bytes)?
+    } else {
+        return Err(PreprocessError::UnknownFormat { dtype: spec.dtype });
+    };
+    Ok(from_image(&img, spec))
+}
+
+fn from_raw(bytes: &[u8], spec: &InputSpec) -> Result<Tensor, PreprocessError> {
+    let count: usize = spec.shape.iter().product();
+    let expected = count * spec.dtype.size_of();
+    if bytes.len() != expected {
+        return Err(PreprocessError::RawSize {
+            shape: spec.shape.clone(),
+            dtype: spec.dtype,
+            expected,
+            got: bytes.len(),
+        });
+    }
+    let data = match spec.dtype {
+        DType::Float32 => {
+            let v: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(PreprocessError::NotFinite);
+            }
+            TensorData::F32(v)
+        }
+        DType::Int8 => TensorData::I8(bytes.iter().map(|&b| b as i8).collect()),
+        DType::Uint8 => TensorData::U8(bytes.to_vec()),
+    };
+    Ok(with_quant(Tensor::new(spec.shape.clone(), data), spec))
+}
+
+fn from_npy(t: Tensor, spec: &InputSpec) -> Result<Tensor, PreprocessError> {
+    if t.shape != spec.shape {
+        return Err(PreprocessError::Shape {
+            expected: spec.shape.clone(),
+            got: t.shape,
+        });
+    }
+    match (&t.data, spec.dtype) {
+        (TensorData::F32(v), _) if v.iter().any(|x| !x.is_finite()) => {
+            Err(PreprocessError::NotFinite)
+        }
+        (TensorData::F32(v), DType::Int8 | DType::Uint8) => {
+            let q = quantize(v, spec.dtype, spec.quantization);
+            Ok(with_quant(Tensor::new(t.shape, q), spec))
+        }
+        (_, want) if want == t.dtype() => Ok(with_quant(t, spec)),
+        _ => Err(PreprocessError::Dtype {
+            expected: spec.dtype,
+            got: t.dtype(),
+        }),
+    }
+}
+
+fn with_quant(mut t: Tensor, spec: &InputSpec) -> Tensor {
+    t.quant = spec.quantization;
+    t
+}
+
+/// Image -> model tensor. Infallible: any decoded image can be converted and resized.
+pub fn from_image(img: &Image, spec: &InputSpec) -> Tensor {
+    let pre = &spec.preprocess;
+    let (h, w, c) = spec.hwc();
+    let converted = convert_color(img, pre.color);
+    let resized = resize_bilinear(&converted, img.width, img.height, c, w, h);
+    let maxval = img.maxval as f32;
+    // Normalise in HWC order, then lay out; keep the op order of the reference pipeline.
+    let mut out = vec![0f32; h * w * c];
+    for y in 0..h {
+        for x in 0..w {
+            for ch in 0..c {
+                let v = resized[(y * w + x) * c + ch];
+                let norm = (v / maxval * pre.scale - pre.mean[ch]) / pre.std[ch];
+                let idx = match spec.layout {
+                    Layout::Nchw => (ch * h + y) * w + x,
+                    Layout::Nhwc => (y * w + x) * c + ch,
+                };
+                out[idx] = norm;
+            }
+        }
+    }
+    let data = match spec.dtype {
+        DType::Float32 => TensorData::F32(out),
+        q => quantize(&out, q, spec.quantization),
+    };
+    with_quant(Tensor::new(spec.shape.clone(), data), spec)
+}
+
+/// Gray<->RGB conversion in f32 sample units (BT.601 luma for RGB -> gray).
+fn convert_color(img: &Image, want: Color) -> Vec<f32> {
+    let px = img.width * img.height;
+    match (img.channels, want) {
+        (1, Color::Gray) | (3, Color::Rgb) => img.samples.iter().map(|&s| s as f32).collect(),
+        (1, Color::Rgb) => img.samples.iter().flat_map(|&s| [s as f32; 3]).collect(),
+        (_, Color::Gray) => (0..px)
+            .map(|i| {
+                let p = &img.samples[i * 3..i * 3 + 3];
+                0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32
+            })
+            .collect(),
+        (_, Color::Rgb) => img.samples.iter().map(|&s| s as f32).collect(),
+    }
+}
+
+/// Bilinear resize with half-pixel centres (what OpenCV/PIL/TF2 `resize` do).
+/// Same-size input is returned untouched so exact golden inputs stay exact.
+fn resize_bilinear(src: &[f32], sw: usize, sh: usize, c: usize, dw: usize, dh: usize) -> Vec<f32> {
+    if sw == dw && sh == dh {
+        return src.to_vec();
+    }
+    let mut out = vec![0f32; dw * dh * c];
+    let sx = sw as f32 / dw as f32;
+    let sy = sh as f32 / dh as f32;
+    for y in 0..dh {
+        let fy = ((y as f32 + 0.5) * sy - 0.5).max(0.0);
+        let y0 = (fy as usize).min(sh - 1);
+        let y1 = (y0 + 1).min(sh - 1);
+        let wy = fy - y0 as f32;
+        for x in 0..dw {
+            let fx = ((x as f32 + 0.5) * sx - 0.5).max(0.0);
+            let x0 = (fx as usize).min(sw - 1);
+            let x1 = (x0 + 1).min(sw - 1);
+            let wx = fx - x0 as f32;
+            for ch in 0..c {
+                let p = |yy: usize, xx: usize| src[(yy * sw + xx) * c + ch];
+                let top = p(y0, x0) + (p(y0, x1) - p(y0, x0)) * wx;
+                let bottom = p(y1, x0) + (p(y1, x1) - p(y1, x0)) * wx;
+                out[(y * dw + x) * c + ch] = top + (bottom - top) * wy;
+            }
+        }
+    }
+    out
+}
+
+/// q = clamp(round_half_even(x / scale) + zero_point): ONNX QuantizeLinear / numpy semantics.
+pub fn quantize(x: &[f32], dtype: DType, q: Option<QuantParams>) -> TensorData {
+    let q = q.unwrap_or(QuantParams {
+        scale: 1.0,
+        zero_point: 0,
+    });
+    let (lo, hi) = match dtype {
+        DType::Int8 => (-128.0, 127.0),
+        _ => (0.0, 255.0),
+    };
+    let qf = |v: f32| ((v / q.scale).round_ties_even() + q.zero_point as f32).clamp(lo, hi);
+    match dtype {
+        DType::Int8 => TensorData::I8(x.iter().map(|&v| qf(v) as i8).collect()),
+        DType::Uint8 => TensorData::U8(x.iter().map(|&v| qf(v) as u8).collect()),
+        DType::Float32 => TensorData::F32(x.to_vec()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Preprocess;
+
+    fn spec(shape: Vec<usize>, layout: Layout, color: Color, dtype: DType) -> InputSpec {
+        let c = color.channels();
+        InputSpec {
+            name: "input".into(),
+            shape: shape.clone(),
+            dtype,
+            layout,
+            preprocess: Preprocess {
+                resize: match layout {
+                    Layout::Nchw => [shape[2], shape[3]],
+                    Layout::Nhwc => [shape[1], shape[2]],
+                },
+                color,
+                scale: 1.0,
+                mean: vec![0.5; c],
+                std: vec![0.25; c],
+            },
+            quantization: dtype.is_quantized().then_some(QuantParams {
+                scale: 1.0 / 64.0,
+                zero_point: -10,
+            }),
+        }
+    }
+
+    #[test]
+    fn normalise_and_layout() {
+        // 2x1 RGB image, NCHW: channel planes.
+        let img = Image {
+            width: 2,
+            height: 1,
+            channels: 3,
+            maxval: 255,
+            samples: vec![255, 0, 51, 0, 255, 102],
+        };
+        let t = from_image(
+            &img,
+            &spec(vec![1, 3, 1, 2], Layout::Nchw, Color::Rgb, DType::Float32),
+        );
+        let TensorData::F32(v) = t.data else { panic!() };
+        let n = |s: f32| (s / 255.0 - 0.5) / 0.25;
+        assert_eq!(
+            v,
+            vec![n(255.0), n(0.0), n(0.0), n(255.0), n(51.0), n(102.0)]
+        );
+    }
+
+    #[test]
+    fn quantise_half_even_and_clamp() {
+        let q = Some(QuantParams {
+            scale: 0.5,
+            zero_point: 1,
+        });
+        // 0.25/0.5 = 0.5 -> 0 (even), 0.75/0.5 = 1.5 -> 2, big values clamp.
+        assert_eq!(
+            quantize(&[0.25, 0.75, 1000.0, -1000.0], DType::Int8, q),
+            TensorData::I8(vec![1, 3, 127, -128])
+        );
+        assert_eq!(
+            quantize(&[-5.0, 1000.0], DType::Uint8, q),
+            TensorData::U8(vec![0, 255])
+        );
+    }
+
+    #[test]
+    fn resize_identity_and_constant() {
+        let src: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        assert_eq!(resize_bilinear(&src, 4, 3, 1, 4, 3), src);
+        let flat = vec![7.0; 5 * 3 * 3];
+        assert!(resize_bilinear(&flat, 5, 3, 3, 11, 7)
+            .iter()
+            .all(|&v| (v - 7.0).abs() < 1e-6));
+        // Downscale 2x2 -> 1x1 averages the four corners.
+        assert_eq!(
+            resize_bilinear(&[0.0, 2.0, 4.0, 6.0], 2, 2, 1, 1, 1),
+            vec![3.0]
+        );
+    }
+
+    #[test]
+    fn raw_and_npy_checked() {
+        let s = spec(vec![1, 2, 2, 1], Layout::Nhwc, Color::Gray, DType::Int8);
+        assert!(matches!(
+            prepare(&[1, 2, 3], InputKind::Raw, &s),
+            Err(PreprocessError::RawSize {
+                expected: 4,
+                got: 3,
+                ..
+            })
+        ));
+        let t = prepare(&[1, 2, 3, 255], InputKind::Raw, &s).unwrap();
+        assert_eq!(t.data, TensorData::I8(vec![1, 2, 3, -1]));
+        let wrong = npy::to_bytes(&Tensor::new(vec![1, 4], TensorData::I8(vec![0; 4])));
+        assert!(matches!(
+            prepare(&wrong, InputKind::Auto, &s),
+            Err(PreprocessError::Shape { .. })
+        ));
+        let nan = npy::to_bytes(&Tensor::new(
+            vec![1, 2, 2, 1],
+            TensorData::F32(vec![0.0, f32::NAN, 0.0, 0.0]),
+        ));
+        assert_eq!(
+            prepare(&nan, InputKind::Auto, &s),
+            Err(PreprocessError::NotFinite)
+        );
+        assert!(matches!(
+            prepare(b"GIF89a", InputKind::Auto, &s),
+            Err(PreprocessError::UnknownFormat { .. })
+        ));
+    }
+}

@@ -1,0 +1,14 @@
+//! beltbox's extensions to tract, through tract's public API only (no fork, no vendored code).
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`qdq`] | QDQ -> QOperator on the ONNX protobuf, before tract parses it: `DQ -> op -> Q` groups become the QLinear op ONNX Runtime's own fusion would run |
+//! | [`qconv`] | `QLinearConv` on [`beltbox_kernels`]: replaces tract's builder, packs weights and folds zero points at load |
+//! | [`onnx_ops`] | ONNX Runtime contrib ops (`QLinearAdd`, `QGemm`, ...) registered into tract's ONNX op table |
+//!
+//! Layer rule: this crate knows ONNX and tract, and the kernels below it; nothing of model
+//! packages, manifests, files or the service (those live in `beltbox-core` and above).
+
+pub mod onnx_ops;
+pub mod qconv;
+pub mod qdq;
