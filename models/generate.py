@@ -10,7 +10,11 @@ Two families, each as FP32 plus INT8 variants built by the reference toolchains
 Every package gets golden samples (image + reference output of the reference runtime)
 chosen so that an off-by-one-quantisation-step implementation cannot flip the top-1.
 
-Run:  python3 models/generate.py        (about a minute or two on 2 cores)
+The digits held-out split is also written as data (models/digits-heldout/), so that tests
+can measure accuracy by running the runtime rather than trusting the manifests' figures.
+
+Run:  python3 models/generate.py          (about a minute or two on 2 cores)
+      python3 models/generate.py heldout  (only models/digits-heldout/; needs no TensorFlow)
 """
 
 import os
@@ -345,6 +349,7 @@ def summarise(pkg, model_bytes_path, hist=None, extra=""):
 DIGITS_PRE = {"resize": [8, 8], "color": "gray", "scale": 1.0, "mean": [0.0], "std": [1.0]}
 DIGITS_DATASET = "sklearn load_digits, stratified 80/20 split, seed 0"
 DIGITS_N_GOLDEN = 8
+DIGITS_HELDOUT_DIR = "digits-heldout"  # the held-out split as NPY files
 
 
 def digits_x(imgs_u8):
@@ -430,17 +435,61 @@ def tflite_op_histogram(path):
     return dict(sorted(c.items()))
 
 
-def build_digits():
+def digits_split():
+    """load_digits as uint8 images (values 0..16), int64 labels, and the train / held-out
+    indices every digits package is trained and evaluated on (DIGITS_DATASET)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    log("digits: training")
     ds = load_digits()
+    assert np.array_equal(ds.images, np.round(ds.images)) and ds.images.max() <= 16
     imgs = ds.images.astype(np.uint8)  # values 0..16
     labels = ds.target.astype(np.int64)
     idx_tr, idx_te = train_test_split(
         np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=0
     )
+    return imgs, labels, idx_tr, idx_te
+
+
+def write_digits_heldout(imgs, labels, idx_te):
+    """The held-out split as data files, for tests that measure accuracy by running the
+    runtime itself (tests/accuracy.rs). Images stay raw (uint8 0..16, maxval 16): a test
+    wraps each in the same 8x8 binary PGM that write_pgm makes for the golden samples, so
+    it goes through the runtime's own preprocessing exactly as a user's file would.
+    Labels are uint8 because beltbox's NPY reader takes <f4, |i1 and |u1 only."""
+    d = HERE / DIGITS_HELDOUT_DIR
+    d.mkdir(exist_ok=True)
+    x = np.ascontiguousarray(imgs[idx_te], np.uint8)
+    y = labels[idx_te]
+    assert x.shape == (len(idx_te), 8, 8) and int(x.max()) <= 16 and 0 <= y.min() and y.max() <= 9
+    np.save(d / "images.npy", x)  # |u1, shape (N, 8, 8), C order, NPY 1.0
+    np.save(d / "labels.npy", y.astype(np.uint8))  # |u1, shape (N,)
+    counts = np.bincount(y, minlength=10)
+    (d / "README.md").write_text(
+        "# digits held-out split\n\n"
+        "Written by `models/generate.py` (`python3 models/generate.py heldout` writes only this\n"
+        "directory); do not edit. Not a model package: the data the `digits-*` packages'\n"
+        "`[accuracy]` figures are measured on, for tests that run the runtime on all of it\n"
+        "(`tests/accuracy.rs`).\n\n"
+        f"- split: {DIGITS_DATASET}: the test part of\n"
+        f"  `train_test_split(arange({len(labels)}), test_size=0.2, stratify=target, random_state=0)`,\n"
+        "  in the order that call returns\n"
+        f"- N = {len(y)}; per class 0..9: {', '.join(str(int(c)) for c in counts)}\n"
+        f"- `images.npy`: uint8 (`|u1`), shape ({len(y)}, 8, 8), raw `load_digits` pixel values\n"
+        "  0..16 (not scaled)\n"
+        f"- `labels.npy`: uint8 (`|u1`), shape ({len(y)},), the digit 0..9 of each image\n\n"
+        "To feed a sample to beltbox as a user would, write it as an 8x8 binary PGM with\n"
+        "maxval 16 (`P5\\n8 8\\n16\\n` + the 64 bytes, row-major), like the packages' golden\n"
+        "inputs: the manifests' preprocessing (`resize = [8, 8]`, gray, scale 1, mean 0,\n"
+        "std 1) divides by the maxval, so the model sees pixel / 16 in [0, 1].\n"
+    )
+    log(f"digits: held-out split written to {d.name}/ ({len(y)} images)")
+
+
+def build_digits():
+    log("digits: training")
+    imgs, labels, idx_tr, idx_te = digits_split()
+    write_digits_heldout(imgs, labels, idx_te)
     x_tr, x_te = digits_x(imgs[idx_tr]), digits_x(imgs[idx_te])
     y_tr, y_te = labels[idx_tr], labels[idx_te]
     kmodel, kmodel1 = train_digits_keras(x_tr, y_tr)
@@ -851,7 +900,10 @@ def update_readme():
 def main():
     which = sys.argv[1:] or ["digits", "mobilenet"]
     if "digits" in which:
-        build_digits()
+        build_digits()  # writes the held-out split too
+    elif "heldout" in which:  # the held-out split only (no training, no TensorFlow)
+        imgs, labels, _, idx_te = digits_split()
+        write_digits_heldout(imgs, labels, idx_te)
     if "mobilenet" in which:
         build_mobilenet()
     if set(which) == {"digits", "mobilenet"}:
