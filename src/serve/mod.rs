@@ -9,7 +9,9 @@
 //! | [`kserve`] | the protocol: decode requests, map to the model input, encode responses | no |
 //! | [`metrics`] | counters, histograms, Prometheus text | no |
 //! | [`systemd`] | sd_notify and the watchdog interval | socket |
-//! | [`conn`] | one client connection: read, route, answer | socket |
+//! | [`conn`] | one client connection: read requests with deadlines, write answers | socket |
+//! | [`router`] | the routes: KServe v2 endpoints, `/metrics`; inference admission and queueing | no |
+//! | [`supervisor`] | watchdog pings, thermal sample, `STATUS=` every second | no |
 //! | [`worker`] | the queue and the inference workers | model |
 //!
 //! Threads: one acceptor per listener, one thread per open connection (at most
@@ -23,6 +25,7 @@ mod conn;
 pub mod http;
 pub mod kserve;
 pub mod metrics;
+mod router;
 mod supervisor;
 pub mod systemd;
 mod worker;
