@@ -15,9 +15,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use beltbox_core::image::Image;
 use beltbox_core::manifest::{InputSpec, Manifest};
-use beltbox_core::preprocess::{self, InputKind, PreprocessError};
+pub use beltbox_core::preprocess::Elements;
+use beltbox_core::preprocess::{self, ElementsError};
 use beltbox_core::tensor::{DType, Tensor, TensorData};
 
 /// The header that announces the JSON part's length in a binary-extension message.
@@ -155,25 +155,6 @@ struct RawOutput {
 }
 
 /// Decoded request tensor data.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Elements {
-    F32(Vec<f32>),
-    I8(Vec<i8>),
-    U8(Vec<u8>),
-    Bytes(Vec<Vec<u8>>),
-}
-
-impl Elements {
-    fn len(&self) -> usize {
-        match self {
-            Elements::F32(v) => v.len(),
-            Elements::I8(v) => v.len(),
-            Elements::U8(v) => v.len(),
-            Elements::Bytes(v) => v.len(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct InputTensor {
     pub name: String,
@@ -555,8 +536,8 @@ pub fn accepted_forms(spec: &InputSpec) -> String {
     forms.join("; ")
 }
 
-/// Maps a request tensor to the model's input tensor, preprocessing where the request
-/// carries an image rather than the tensor itself.
+/// The model's input tensor from a request tensor (the preprocessing is
+/// `preprocess::from_elements`); errors name the input and list the accepted forms.
 pub fn to_model_input(inp: InputTensor, spec: &InputSpec) -> Result<Tensor, KserveError> {
     let InputTensor {
         name,
@@ -564,71 +545,18 @@ pub fn to_model_input(inp: InputTensor, spec: &InputSpec) -> Result<Tensor, Kser
         datatype,
         data,
     } = inp;
-    let bad = |message: String| KserveError::Input {
-        name: name.clone(),
-        message,
-    };
-    let exact_shape = shape == spec.shape;
-    let tensor = |data: TensorData| {
-        let mut t = Tensor::new(spec.shape.clone(), data);
-        t.quant = spec.quantization;
-        t
-    };
-    match data {
-        Elements::F32(v) if exact_shape => match spec.dtype {
-            DType::Float32 => Ok(tensor(TensorData::F32(v))),
-            q => Ok(tensor(preprocess::quantize(&v, q, spec.quantization))),
-        },
-        Elements::I8(v) if exact_shape && spec.dtype == DType::Int8 => {
-            Ok(tensor(TensorData::I8(v)))
-        }
-        Elements::U8(v) if exact_shape && spec.dtype == DType::Uint8 => {
-            Ok(tensor(TensorData::U8(v)))
-        }
-        Elements::U8(v) => {
-            let (height, width, channels) = match shape.as_slice() {
-                [h, w] => (*h, *w, 1),
-                [h, w, c] | [1, h, w, c] => (*h, *w, *c),
-                _ => {
-                    return Err(bad(format!(
-                        "UINT8 {shape:?} is neither the model tensor nor an image; accepted: {}",
-                        accepted_forms(spec)
-                    )))
-                }
-            };
-            if !(channels == 1 || channels == 3) || height == 0 || width == 0 {
-                return Err(bad(format!(
-                    "UINT8 image {shape:?} must have 1 or 3 channels and a non-zero size"
-                )));
+    preprocess::from_elements(&shape, data, spec).map_err(|e| KserveError::Input {
+        name,
+        message: match e {
+            ElementsError::File(_) | ElementsError::FileCount(_) => {
+                format!("{datatype} {shape:?} {e}")
             }
-            if height.saturating_mul(width) > beltbox_core::image::MAX_PIXELS {
-                return Err(bad(format!(
-                    "image {width}x{height} is over the {}-pixel limit",
-                    beltbox_core::image::MAX_PIXELS
-                )));
-            }
-            let img = Image {
-                width,
-                height,
-                channels,
-                maxval: 255,
-                samples: v.into_iter().map(u16::from).collect(),
-            };
-            Ok(preprocess::from_image(&img, spec))
-        }
-        Elements::Bytes(v) => match v.as_slice() {
-            [file] => preprocess::prepare(file, InputKind::Auto, spec)
-                .map_err(|e: PreprocessError| bad(e.to_string())),
-            _ => Err(bad(format!(
-                "BYTES input must hold exactly one encoded file; got {} elements",
-                v.len()
-            ))),
+            _ => format!(
+                "{datatype} {shape:?} {e}; accepted: {}",
+                accepted_forms(spec)
+            ),
         },
-        _ => Err(bad(format!(
-            "{datatype} {shape:?} does not match the model input; accepted: {}",
-            accepted_forms(spec)
-        ))),
-    }
+    })
 }
 
 /// Model metadata (`GET /v2/models/{name}[/versions/{v}]`).

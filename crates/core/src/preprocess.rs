@@ -5,6 +5,10 @@
 //! docs/model-package.md because golden references are computed with exactly it:
 //! `x = (sample / maxval * scale - mean[c]) / std[c]`, in f32.
 //! NPY and raw inputs are tensors already and skip image preprocessing.
+//!
+//! A client of the service hands over [`Elements`] (a decoded request tensor) instead of a
+//! file: [`from_elements`] takes the model tensor as it is, quantises float32 for an integer
+//! model, preprocesses a UINT8 image like a decoded file, or decodes one encoded file.
 
 use crate::image::{self, Image, ImageError};
 use crate::manifest::{Color, InputSpec, Layout};
@@ -57,6 +61,111 @@ impl InputKind {
         } else {
             InputKind::Auto
         }
+    }
+}
+
+/// Tensor data as a client supplied it, in the element type it was sent as.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Elements {
+    F32(Vec<f32>),
+    I8(Vec<i8>),
+    U8(Vec<u8>),
+    /// Encoded files (PNG, PGM, NPY), one per element.
+    Bytes(Vec<Vec<u8>>),
+}
+
+impl Elements {
+    pub fn len(&self) -> usize {
+        match self {
+            Elements::F32(v) => v.len(),
+            Elements::I8(v) => v.len(),
+            Elements::U8(v) => v.len(),
+            Elements::Bytes(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why supplied elements cannot become the model input. The messages complete a sentence
+/// whose subject (the tensor's type and shape) the caller names.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ElementsError {
+    #[error("does not match the model input")]
+    Mismatch,
+    #[error("is neither the model tensor nor an image")]
+    NotAnImage,
+    #[error("is an image with neither 1 nor 3 channels, or of zero size")]
+    ImageShape,
+    #[error("is an image of {width}x{height}, over the {limit}-pixel limit")]
+    TooLarge {
+        width: usize,
+        height: usize,
+        limit: usize,
+    },
+    #[error("must hold exactly one encoded file; got {0} elements")]
+    FileCount(usize),
+    #[error("holds a file that cannot be used: {0}")]
+    File(#[from] PreprocessError),
+}
+
+/// The model input from a client's tensor of `shape`: the model tensor itself (float32 is
+/// quantised for an integer model), a UINT8 image `[H, W]`, `[H, W, C]` or `[1, H, W, C]`
+/// (preprocessed as a decoded file would be), or one encoded file.
+pub fn from_elements(
+    shape: &[usize],
+    data: Elements,
+    spec: &InputSpec,
+) -> Result<Tensor, ElementsError> {
+    let exact_shape = shape == spec.shape.as_slice();
+    let tensor = |data: TensorData| {
+        let mut t = Tensor::new(spec.shape.clone(), data);
+        t.quant = spec.quantization;
+        t
+    };
+    match data {
+        Elements::F32(v) if exact_shape => match spec.dtype {
+            DType::Float32 => Ok(tensor(TensorData::F32(v))),
+            q => Ok(tensor(quantize(&v, q, spec.quantization))),
+        },
+        Elements::I8(v) if exact_shape && spec.dtype == DType::Int8 => {
+            Ok(tensor(TensorData::I8(v)))
+        }
+        Elements::U8(v) if exact_shape && spec.dtype == DType::Uint8 => {
+            Ok(tensor(TensorData::U8(v)))
+        }
+        Elements::U8(v) => {
+            let (height, width, channels) = match shape {
+                [h, w] => (*h, *w, 1),
+                [h, w, c] | [1, h, w, c] => (*h, *w, *c),
+                _ => return Err(ElementsError::NotAnImage),
+            };
+            if !(channels == 1 || channels == 3) || height == 0 || width == 0 {
+                return Err(ElementsError::ImageShape);
+            }
+            if height.saturating_mul(width) > image::MAX_PIXELS {
+                return Err(ElementsError::TooLarge {
+                    width,
+                    height,
+                    limit: image::MAX_PIXELS,
+                });
+            }
+            let img = Image {
+                width,
+                height,
+                channels,
+                maxval: 255,
+                samples: v.into_iter().map(u16::from).collect(),
+            };
+            Ok(from_image(&img, spec))
+        }
+        Elements::Bytes(v) => match v.as_slice() {
+            [file] => Ok(prepare(file, InputKind::Auto, spec)?),
+            _ => Err(ElementsError::FileCount(v.len())),
+        },
+        _ => Err(ElementsError::Mismatch),
     }
 }
 
