@@ -168,6 +168,48 @@ fn hash_mismatch_is_refused() {
     assert_input_error(&o, &["model.onnx", "sha256 mismatch"]);
 }
 
+/// A listed file the load itself never reads is still verified (streamed) before the model
+/// is admitted: a package is whole or refused.
+#[test]
+fn tampered_file_the_load_never_reads_is_refused() {
+    let (_t, pkg) = copy_package("digits-int8-qdq");
+    std::fs::write(pkg.join("notes.txt"), "calibration notes\n").unwrap();
+    edit_manifest(&pkg, |t| {
+        t.replacen(
+            "[files]\n",
+            &format!("[files]\n\"notes.txt\" = \"{}\"\n", "0".repeat(64)),
+            1,
+        )
+    });
+    let o = beltbox(&[
+        "infer",
+        "--model",
+        pkg.to_str().unwrap(),
+        "--input",
+        "models/digits-int8-qdq/golden/000.pgm",
+    ]);
+    assert_input_error(&o, &["notes.txt", "sha256 mismatch"]);
+    // With the right hash the same package loads: the refusal was the hash, not the file.
+    rehash(&pkg, "notes.txt");
+    let o = beltbox(&[
+        "infer",
+        "--model",
+        pkg.to_str().unwrap(),
+        "--input",
+        "models/digits-int8-qdq/golden/000.pgm",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// A listed file that is missing is named before any model is built.
+#[test]
+fn missing_listed_file_is_refused_before_the_build() {
+    let (_t, pkg) = copy_package("digits-int8-qdq");
+    std::fs::remove_file(pkg.join("labels.txt")).unwrap();
+    let o = beltbox(&["plan", "--model", pkg.to_str().unwrap()]);
+    assert_input_error(&o, &["labels.txt"]);
+}
+
 #[test]
 fn truncated_model_is_refused() {
     let (_t, pkg) = copy_package("digits-int8-qoperator");
