@@ -224,14 +224,15 @@ pub const RUNTIME_IDLE_BYTES: u64 = if cfg!(debug_assertions) {
 };
 /// Code pages of the backend touched by a first inference (file-backed, shared,
 /// reclaimable, but counted in RSS): VmHWM − heap peak − idle for the smallest model
-/// (digits-fp32). Release: VmHWM 19.27–21.55 MB over 7 runs (median 20.15 MB) − 0.58 MB −
-/// 7.34 MB = 12.23 MB ≈ 11.75 MiB; test profile: 23.36 MiB − 0.58 MiB − 8.65 MiB ≈
-/// 14.1 MiB, rounded up. VmHWM of one binary varies by ±5 % from run to run here.
+/// (digits-fp32). Release: VmHWM 19.27–21.92 MB over 9 runs of the shipped (no-feature) and
+/// the `tflite` builds, middle 20.6 MB − 0.58 MB − 7.34 MB = 12.7 MB ≈ 12.25 MiB; test
+/// profile: 23.36 MiB − 0.58 MiB − 8.65 MiB ≈ 14.1 MiB, rounded up. VmHWM of one binary
+/// varies by about ±5 % from run to run on the dev box.
 /// x86_64 measurements (docs/memory.md); aarch64 has not been measured on silicon.
 pub const RUNTIME_BACKEND_CODE_BYTES: u64 = if cfg!(debug_assertions) {
     14_848 * 1024
 } else {
-    12_032 * 1024
+    12_544 * 1024
 };
 /// RSS per intra-op thread beyond the first (touched stack, thread-local arena): VmHWM
 /// difference between --threads 2 and 1 on the digits models, 0.57–0.70 MiB.
