@@ -181,23 +181,19 @@ fn tampered_file_the_load_never_reads_is_refused() {
             1,
         )
     });
-    let o = beltbox(&[
-        "infer",
-        "--model",
-        pkg.to_str().unwrap(),
-        "--input",
-        "models/digits-int8-qdq/golden/000.pgm",
-    ]);
-    assert_input_error(&o, &["notes.txt", "sha256 mismatch"]);
+    let infer = || {
+        beltbox(&[
+            "infer",
+            "--model",
+            pkg.to_str().unwrap(),
+            "--input",
+            "models/digits-int8-qdq/golden/000.pgm",
+        ])
+    };
+    assert_input_error(&infer(), &["notes.txt", "sha256 mismatch"]);
     // With the right hash the same package loads: the refusal was the hash, not the file.
     rehash(&pkg, "notes.txt");
-    let o = beltbox(&[
-        "infer",
-        "--model",
-        pkg.to_str().unwrap(),
-        "--input",
-        "models/digits-int8-qdq/golden/000.pgm",
-    ]);
+    let o = infer();
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
