@@ -116,7 +116,12 @@ ensure_apt() {
 # NEON on armv7) and picks kernels by a CPU part that is not there. Debian 12 ships 7.2, so
 # there it comes from bookworm-backports (10.0), which this adds as an apt source if needed.
 QEMU_MIN=8.2
-qemu_version() { "qemu-$1" --version 2>/dev/null | sed -n '1s/.*version \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p'; }
+# Empty when qemu-$1 is not installed; never fails (callers run under `set -e -o pipefail`,
+# where a missing command in the pipe would end the script with 127 before it installs qemu).
+qemu_version() {
+    command -v "qemu-$1" >/dev/null 2>&1 || return 0
+    "qemu-$1" --version 2>/dev/null | sed -n '1s/.*version \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' || true
+}
 version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
 ensure_qemu() {
     local v
