@@ -61,8 +61,15 @@ fn correct(name: &str, opts: &LoadOptions, split: &[(Vec<u8>, usize)]) -> usize 
     let model = Model::load(&repo().join("models").join(name), opts)
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let man = model.manifest();
+    let recorded = man
+        .accuracy
+        .as_ref()
+        .unwrap_or_else(|| panic!("{name}: the digits packages record [accuracy]"));
+    let floor = man
+        .accuracy_floor
+        .unwrap_or_else(|| panic!("{name}: the digits packages state an accuracy_floor"));
     assert_eq!(
-        man.accuracy.heldout_samples,
+        recorded.heldout_samples,
         split.len() as u64,
         "{name}: the manifest's held-out split is not the one in models/digits-heldout"
     );
@@ -85,14 +92,13 @@ fn correct(name: &str, opts: &LoadOptions, split: &[(Vec<u8>, usize)]) -> usize 
     let acc = ok as f64 / n as f64;
     eprintln!(
         "{name}: held-out top-1 {acc:.4} ({ok}/{n}; the manifest records {:.4}), misclassified: {:?}{}",
-        man.accuracy.heldout_top1,
+        recorded.heldout_top1,
         &wrong[..wrong.len().min(20)],
         if wrong.len() > 20 { " ..." } else { "" },
     );
     assert!(
-        acc >= man.accuracy_floor,
-        "{name}: held-out top-1 {acc:.4} is below the package's accuracy_floor {}",
-        man.accuracy_floor
+        acc >= floor,
+        "{name}: held-out top-1 {acc:.4} is below the package's accuracy_floor {floor}"
     );
     ok
 }

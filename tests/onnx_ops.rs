@@ -239,6 +239,74 @@ ort_cases!(
     qlinear_conv_u8s8_dynamic_batch,
 );
 
+/// Cases where ORT's arithmetic is exact integer/float steps that beltbox reproduces: every
+/// element must be bit-exact (the ties cases are built so that most elements are exact ties,
+/// where a different float order lands one step away).
+fn check_exact(name: &str, rewrite_qdq: bool) {
+    let got = if rewrite_qdq {
+        run_case_rewritten(name)
+    } else {
+        run_case(name, true)
+    }
+    .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    let agreement = compare(name, &reference(name), &got);
+    assert_eq!(
+        agreement.off_by_one, 0,
+        "{name}: {agreement:?} (must be bit-exact with ORT)"
+    );
+}
+
+/// Loads case `name` the way the runtime does: symbolic dims forgotten and QDQ groups
+/// rewritten into QLinear ops before tract parses the graph.
+fn run_case_rewritten(name: &str) -> TractResult<Tensor> {
+    let onnx = framework(true);
+    let mut proto = onnx.proto_model_for_path(data_dir().join(format!("{name}.onnx")))?;
+    beltbox_tract::shapes::forget_symbolic_dims(&mut proto);
+    let stats = beltbox_tract::qdq::rewrite(&mut proto);
+    ensure!(
+        stats.left_float.is_empty(),
+        "{name}: left in float: {stats:?}"
+    );
+    let model = onnx
+        .model_for_proto_model(&proto)?
+        .into_optimized()?
+        .into_runnable()?;
+    let mut outputs = model.run(case_inputs(name)?)?;
+    Ok(outputs.remove(0).into_tensor())
+}
+
+#[test]
+fn qlinear_softmax_u8() {
+    check_exact("qlinear_softmax_u8", false);
+}
+
+#[test]
+fn qlinear_softmax_i8_axis1() {
+    check_exact("qlinear_softmax_i8_axis1", false);
+}
+
+#[test]
+fn qlinear_softmax_u8_opset11_flatten() {
+    check_exact("qlinear_softmax_u8_opset11_flatten", false);
+}
+
+/// The QDQ group ORT's quantiser wraps around every Softmax: fused into QLinearSoftmax, it
+/// must give ORT's (fused) bytes — it used to output 1.0 for every element.
+#[test]
+fn qdq_softmax_u8_is_fused_and_exact() {
+    check_exact("qdq_softmax_u8", true);
+}
+
+#[test]
+fn qlinear_add_u8_all_ties() {
+    check_exact("qlinear_add_u8_all_ties", false);
+}
+
+#[test]
+fn qlinear_add_i8_ties_scalar_b() {
+    check_exact("qlinear_add_i8_ties_scalar_b", false);
+}
+
 /// The QLinearConv cases above must run on beltbox's integer kernels, not on tract's
 /// fallback (which would pass the same comparison, slowly).
 #[test]

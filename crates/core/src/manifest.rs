@@ -26,20 +26,75 @@ pub enum ManifestError {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawManifest")]
 pub struct Manifest {
     pub name: String,
     pub version: Version,
     pub description: String,
-    pub accuracy_floor: f64,
+    /// Qualification refuses a model below this held-out top-1 (only with `[accuracy]`).
+    pub accuracy_floor: Option<f64>,
     pub model: ModelSection,
+    /// The model's input, from `[input]` or the one table of `[[inputs]]`.
     pub input: InputSpec,
     pub outputs: Vec<OutputSpec>,
     pub budgets: Budgets,
-    pub accuracy: Accuracy,
+    pub accuracy: Option<Accuracy>,
     pub golden: Golden,
     /// sha256 (lowercase hex) of every file in the package except the manifest itself.
     pub files: BTreeMap<String, String>,
+}
+
+/// The manifest as written: `[input]` (format 1) or `[[inputs]]` (format 2), checked and
+/// folded into [`Manifest`] by `TryFrom`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: String,
+    version: Version,
+    description: String,
+    accuracy_floor: Option<f64>,
+    model: ModelSection,
+    input: Option<InputSpec>,
+    inputs: Option<Vec<InputSpec>>,
+    outputs: Vec<OutputSpec>,
+    budgets: Budgets,
+    accuracy: Option<Accuracy>,
+    golden: Golden,
+    files: BTreeMap<String, String>,
+}
+
+impl TryFrom<RawManifest> for Manifest {
+    type Error = String;
+
+    fn try_from(r: RawManifest) -> Result<Manifest, String> {
+        let input = match (r.input, r.inputs) {
+            (Some(i), None) => i,
+            (None, Some(mut v)) if v.len() == 1 => v.remove(0),
+            (None, Some(v)) => {
+                return Err(format!(
+                    "`[[inputs]]` lists {} inputs; beltbox runs models with exactly one input",
+                    v.len()
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err("give the input as `[input]` or as `[[inputs]]`, not both".into())
+            }
+            (None, None) => return Err("missing field `inputs` (or `input`)".into()),
+        };
+        Ok(Manifest {
+            name: r.name,
+            version: r.version,
+            description: r.description,
+            accuracy_floor: r.accuracy_floor,
+            model: r.model,
+            input,
+            outputs: r.outputs,
+            budgets: r.budgets,
+            accuracy: r.accuracy,
+            golden: r.golden,
+            files: r.files,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -86,9 +141,10 @@ pub struct ModelSection {
     pub precision: Precision,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
+    #[default]
     Nchw,
     Nhwc,
 }
@@ -98,13 +154,15 @@ pub enum Layout {
 pub enum Color {
     Gray,
     Rgb,
+    /// Three channels in blue, green, red order (OpenCV-trained models).
+    Bgr,
 }
 
 impl Color {
     pub fn channels(self) -> usize {
         match self {
             Color::Gray => 1,
-            Color::Rgb => 3,
+            Color::Rgb | Color::Bgr => 3,
         }
     }
 }
@@ -113,29 +171,57 @@ impl Color {
 #[serde(deny_unknown_fields)]
 pub struct InputSpec {
     pub name: String,
+    /// The concrete shape the model runs at (a graph's dynamic dimensions are fixed here).
     pub shape: Vec<usize>,
     pub dtype: DType,
+    /// Only meaningful with `preprocess` (where the image's channels go); default `nchw`.
+    #[serde(default)]
     pub layout: Layout,
-    pub preprocess: Preprocess,
+    /// Image -> tensor. Absent: the input is a tensor (NPY or raw bytes), never an image.
+    pub preprocess: Option<Preprocess>,
     pub quantization: Option<QuantParams>,
 }
 
 impl InputSpec {
-    /// (height, width, channels) of the tensor, from shape and layout.
+    /// (height, width, channels) of an image input, from shape and layout. A tensor input
+    /// (no `preprocess`, any rank) reads as one row of all its elements.
     pub fn hwc(&self) -> (usize, usize, usize) {
         let s = &self.shape;
-        match self.layout {
-            Layout::Nchw => (s[2], s[3], s[1]),
-            Layout::Nhwc => (s[1], s[2], s[3]),
+        match (self.layout, s.len(), &self.preprocess) {
+            (Layout::Nchw, 4, Some(_)) => (s[2], s[3], s[1]),
+            (Layout::Nhwc, 4, Some(_)) => (s[1], s[2], s[3]),
+            _ => (1, s.iter().product(), 1),
         }
     }
+
+    /// Number of elements of the input tensor.
+    pub fn volume(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// How an image is fitted to the tensor's height and width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeMode {
+    /// Scale each axis independently to the tensor size (aspect ratio not kept).
+    #[default]
+    Stretch,
+    /// Keep the aspect ratio: scale to fit inside, centre, fill the rest with `pad`
+    /// (YOLO-style detectors, OCR).
+    Letterbox,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preprocess {
-    /// [height, width] the image is resized to.
+    /// [height, width] the image is resized to (the tensor's height and width).
     pub resize: [usize; 2],
+    #[serde(default)]
+    pub resize_mode: ResizeMode,
+    /// Letterbox fill, in pixel units of an 8-bit image (0-255) before normalisation.
+    #[serde(default)]
+    pub pad: f32,
     pub color: Color,
     pub scale: f32,
     pub mean: Vec<f32>,
@@ -164,8 +250,22 @@ pub struct OutputSpec {
     pub dtype: DType,
     pub task: Task,
     pub labels: Option<String>,
-    pub scores: Scores,
+    /// What the values are; required for `classification`, meaningless for `raw`.
+    pub scores: Option<Scores>,
     pub quantization: Option<QuantParams>,
+    /// Golden tolerance for this output (default: `[golden]`'s `atol` / `rtol`).
+    pub atol: Option<f32>,
+    pub rtol: Option<f32>,
+    /// Fraction of elements that must be within tolerance (default 1: all of them). For
+    /// maps where a reference tie amplified by a sigmoid may flip a few elements.
+    pub within: Option<f32>,
+}
+
+impl OutputSpec {
+    /// `scores`, which validation guarantees for classification outputs.
+    pub fn scores(&self) -> Scores {
+        self.scores.unwrap_or(Scores::Probabilities)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -186,17 +286,66 @@ pub struct Accuracy {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Golden {
+    /// Default tolerances for outputs without their own.
+    #[serde(default)]
     pub atol: f32,
+    #[serde(default)]
     pub rtol: f32,
     pub samples: Vec<GoldenSample>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawGoldenSample")]
 pub struct GoldenSample {
+    /// The input file (image or tensor).
     pub input: String,
-    pub output: String,
-    pub label: usize,
+    /// Reference outputs, one per `[[outputs]]` entry, in that order.
+    pub outputs: Vec<String>,
+    /// Expected top-1 of `outputs[0]` (classification only).
+    pub label: Option<usize>,
+}
+
+/// `input`/`output` (format 1) or `inputs`/`outputs` lists (format 2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGoldenSample {
+    input: Option<String>,
+    inputs: Option<Vec<String>>,
+    output: Option<String>,
+    outputs: Option<Vec<String>>,
+    label: Option<usize>,
+}
+
+impl TryFrom<RawGoldenSample> for GoldenSample {
+    type Error = String;
+
+    fn try_from(r: RawGoldenSample) -> Result<GoldenSample, String> {
+        let input = match (r.input, r.inputs) {
+            (Some(i), None) => i,
+            (None, Some(mut v)) if v.len() == 1 => v.remove(0),
+            (None, Some(v)) => {
+                return Err(format!(
+                    "golden sample `inputs` has {} files; the model has one input",
+                    v.len()
+                ))
+            }
+            _ => return Err("a golden sample needs `inputs = [file]` (or `input = file`)".into()),
+        };
+        let outputs = match (r.output, r.outputs) {
+            (Some(o), None) => vec![o],
+            (None, Some(v)) if !v.is_empty() => v,
+            _ => {
+                return Err(
+                    "a golden sample needs `outputs = [file, ...]` (or `output = file`)".into(),
+                )
+            }
+        };
+        Ok(GoldenSample {
+            input,
+            outputs,
+            label: r.label,
+        })
+    }
 }
 
 /// Semantic version MAJOR.MINOR.PATCH; ordered, so OTA can insist on monotonic versions.
@@ -270,7 +419,9 @@ impl Manifest {
         }
         for s in &self.golden.samples {
             v.push(("golden.samples.input", s.input.as_str()));
-            v.push(("golden.samples.output", s.output.as_str()));
+            for o in &s.outputs {
+                v.push(("golden.samples.outputs", o.as_str()));
+            }
         }
         v
     }
@@ -297,8 +448,10 @@ impl Manifest {
                 ),
             ));
         }
-        if !(0.0..=1.0).contains(&self.accuracy_floor) {
-            return Err(invalid("accuracy_floor", "must be within 0..=1".into()));
+        if let Some(floor) = self.accuracy_floor {
+            if !(0.0..=1.0).contains(&floor) {
+                return Err(invalid("accuracy_floor", "must be within 0..=1".into()));
+            }
         }
         let expected_ext = match self.model.format {
             Format::Onnx => ".onnx",
@@ -314,61 +467,34 @@ impl Manifest {
             ));
         }
         let inp = &self.input;
-        if inp.shape.len() != 4 || inp.shape.contains(&0) {
+        if inp.shape.is_empty() || inp.shape.contains(&0) {
             return Err(invalid(
                 "input.shape",
-                format!(
-                    "{:?} must be 4 non-zero dimensions (batch, and image dims per layout)",
-                    inp.shape
-                ),
+                format!("{:?} must be non-empty with non-zero dimensions", inp.shape),
             ));
         }
-        if inp.shape[0] != 1 {
-            return Err(invalid("input.shape", "batch dimension must be 1".into()));
-        }
-        let (h, w, c) = inp.hwc();
-        let pre = &inp.preprocess;
-        if pre.resize != [h, w] {
+        let volume = inp.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if volume.is_none_or(|v| v > 1 << 30) {
             return Err(invalid(
-                "input.preprocess.resize",
-                format!(
-                    "{:?} does not match the input shape's height/width [{h}, {w}]",
-                    pre.resize
-                ),
+                "input.shape",
+                format!("{:?} has more than 2^30 elements", inp.shape),
             ));
         }
-        if pre.color.channels() != c {
-            return Err(invalid(
-                "input.preprocess.color",
-                format!(
-                    "has {} channel(s) but input.shape has {c}",
-                    pre.color.channels()
-                ),
-            ));
-        }
-        if pre.mean.len() != c {
-            return Err(invalid(
-                "input.preprocess.mean",
-                format!("needs {c} value(s), has {}", pre.mean.len()),
-            ));
-        }
-        if pre.std.len() != c {
-            return Err(invalid(
-                "input.preprocess.std",
-                format!("needs {c} value(s), has {}", pre.std.len()),
-            ));
-        }
-        if pre.std.iter().any(|s| !s.is_finite() || *s == 0.0) {
-            return Err(invalid(
-                "input.preprocess.std",
-                "values must be finite and non-zero".into(),
-            ));
-        }
-        if !pre.scale.is_finite() || pre.mean.iter().any(|m| !m.is_finite()) {
-            return Err(invalid(
-                "input.preprocess",
-                "scale and mean must be finite".into(),
-            ));
+        if let Some(pre) = &inp.preprocess {
+            if inp.shape.len() != 4 {
+                return Err(invalid(
+                    "input.shape",
+                    format!(
+                        "{:?}: an image input (with `preprocess`) must be 4-D, batch first; \
+                         drop `preprocess` to feed tensors of any rank",
+                        inp.shape
+                    ),
+                ));
+            }
+            if inp.shape[0] != 1 {
+                return Err(invalid("input.shape", "batch dimension must be 1".into()));
+            }
+            check_preprocess(&invalid, inp, pre)?;
         }
         check_quant(&invalid, "input.quantization", inp.dtype, inp.quantization)?;
         if self.outputs.is_empty() {
@@ -386,6 +512,26 @@ impl Manifest {
                 return Err(invalid(
                     "outputs.labels",
                     "labels only make sense for task = \"classification\"".into(),
+                ));
+            }
+            if o.task == Task::Classification && o.scores.is_none() {
+                return Err(invalid(
+                    "outputs.scores",
+                    "is required for task = \"classification\" (\"logits\" or \"probabilities\")"
+                        .into(),
+                ));
+            }
+            let tol_ok = |t: Option<f32>| t.is_none_or(|t| t.is_finite() && t >= 0.0);
+            if !tol_ok(o.atol) || !tol_ok(o.rtol) {
+                return Err(invalid(
+                    "outputs.atol",
+                    format!("`{}`: atol and rtol must be finite and >= 0", o.name),
+                ));
+            }
+            if o.within.is_some_and(|w| !(w > 0.0 && w <= 1.0)) {
+                return Err(invalid(
+                    "outputs.within",
+                    format!("`{}`: must be a fraction in (0, 1]", o.name),
                 ));
             }
         }
@@ -413,13 +559,28 @@ impl Manifest {
         }
         let classes = self.outputs[0].shape.iter().product::<usize>();
         for s in &g.samples {
-            if s.label >= classes {
+            if s.outputs.len() != self.outputs.len() {
+                return Err(invalid(
+                    "golden.samples.outputs",
+                    format!(
+                        "sample `{}` has {} reference file(s) but the model has {} output(s)",
+                        s.input,
+                        s.outputs.len(),
+                        self.outputs.len()
+                    ),
+                ));
+            }
+            let Some(label) = s.label else { continue };
+            if self.outputs[0].task != Task::Classification {
                 return Err(invalid(
                     "golden.samples.label",
-                    format!(
-                        "{} is out of range for an output of {classes} values",
-                        s.label
-                    ),
+                    "a label is a top-1 class: only for a classification outputs[0]".into(),
+                ));
+            }
+            if label >= classes {
+                return Err(invalid(
+                    "golden.samples.label",
+                    format!("{label} is out of range for an output of {classes} values"),
                 ));
             }
         }
@@ -443,6 +604,64 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// An image input's preprocessing against its tensor shape.
+fn check_preprocess(
+    invalid: &dyn Fn(&str, String) -> ManifestError,
+    inp: &InputSpec,
+    pre: &Preprocess,
+) -> Result<(), ManifestError> {
+    let (h, w, c) = inp.hwc();
+    if pre.resize != [h, w] {
+        return Err(invalid(
+            "input.preprocess.resize",
+            format!(
+                "{:?} does not match the input shape's height/width [{h}, {w}]",
+                pre.resize
+            ),
+        ));
+    }
+    if pre.color.channels() != c {
+        return Err(invalid(
+            "input.preprocess.color",
+            format!(
+                "has {} channel(s) but input.shape has {c}",
+                pre.color.channels()
+            ),
+        ));
+    }
+    if pre.mean.len() != c {
+        return Err(invalid(
+            "input.preprocess.mean",
+            format!("needs {c} value(s), has {}", pre.mean.len()),
+        ));
+    }
+    if pre.std.len() != c {
+        return Err(invalid(
+            "input.preprocess.std",
+            format!("needs {c} value(s), has {}", pre.std.len()),
+        ));
+    }
+    if pre.std.iter().any(|s| !s.is_finite() || *s == 0.0) {
+        return Err(invalid(
+            "input.preprocess.std",
+            "values must be finite and non-zero".into(),
+        ));
+    }
+    if !pre.scale.is_finite() || pre.mean.iter().any(|m| !m.is_finite()) {
+        return Err(invalid(
+            "input.preprocess",
+            "scale and mean must be finite".into(),
+        ));
+    }
+    if !(pre.pad.is_finite() && (0.0..=255.0).contains(&pre.pad)) {
+        return Err(invalid(
+            "input.preprocess.pad",
+            format!("{} must be a pixel value in 0..=255", pre.pad),
+        ));
+    }
+    Ok(())
 }
 
 fn check_quant(

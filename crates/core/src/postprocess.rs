@@ -16,7 +16,7 @@ pub struct Class {
 /// (the same rule as numpy's argmax, so golden labels compare stably).
 pub fn classify(out: &Tensor, spec: &OutputSpec, labels: &[String], k: usize) -> Vec<Class> {
     let values = out.to_f32();
-    let scores = match spec.scores {
+    let scores = match spec.scores() {
         Scores::Logits => softmax(&values),
         Scores::Probabilities => values,
     };

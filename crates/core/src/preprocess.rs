@@ -11,7 +11,7 @@
 //! model, preprocesses a UINT8 image like a decoded file, or decodes one encoded file.
 
 use crate::image::{self, Image, ImageError};
-use crate::manifest::{Color, InputSpec, Layout};
+use crate::manifest::{Color, InputSpec, Layout, Preprocess, ResizeMode};
 use crate::npy::{self, NpyError};
 use crate::tensor::{DType, QuantParams, Tensor, TensorData};
 
@@ -43,6 +43,8 @@ pub enum PreprocessError {
     },
     #[error("input contains NaN or infinite values")]
     NotFinite,
+    #[error("the model input `{name}` takes tensors (NPY or raw bytes), not images: its manifest has no [input.preprocess]")]
+    TensorOnly { name: String },
 }
 
 /// How the input bytes should be read; `Auto` sniffs magic bytes.
@@ -159,7 +161,7 @@ pub fn from_elements(
                 maxval: 255,
                 samples: v.into_iter().map(u16::from).collect(),
             };
-            Ok(from_image(&img, spec))
+            Ok(from_image(&img, spec)?)
         }
         Elements::Bytes(v) => match v.as_slice() {
             [file] => Ok(prepare(file, InputKind::Auto, spec)?),
@@ -183,7 +185,7 @@ pub fn prepare(bytes: &[u8], kind: InputKind, spec: &InputSpec) -> Result<Tensor
     } else {
         return Err(PreprocessError::UnknownFormat { dtype: spec.dtype });
     };
-    Ok(from_image(&img, spec))
+    from_image(&img, spec)
 }
 
 fn from_raw(bytes: &[u8], spec: &InputSpec) -> Result<Tensor, PreprocessError> {
@@ -242,19 +244,30 @@ fn with_quant(mut t: Tensor, spec: &InputSpec) -> Tensor {
     t
 }
 
-/// Image -> model tensor. Infallible: any decoded image can be converted and resized.
-pub fn from_image(img: &Image, spec: &InputSpec) -> Tensor {
-    let pre = &spec.preprocess;
+/// Image -> model tensor: colour conversion, resize (stretch or letterbox), normalise,
+/// layout, quantise. Fails only for a model that takes no images (no `preprocess`).
+pub fn from_image(img: &Image, spec: &InputSpec) -> Result<Tensor, PreprocessError> {
+    let Some(pre) = &spec.preprocess else {
+        return Err(PreprocessError::TensorOnly {
+            name: spec.name.clone(),
+        });
+    };
     let (h, w, c) = spec.hwc();
     let converted = convert_color(img, pre.color);
-    let resized = resize_bilinear(&converted, img.width, img.height, c, w, h);
     let maxval = img.maxval as f32;
+    let resized = fit(&converted, img.width, img.height, c, w, h, pre, maxval);
     // Normalise in HWC order, then lay out; keep the op order of the reference pipeline.
+    // BGR models get the channels reversed; mean/std are in the tensor's channel order.
     let mut out = vec![0f32; h * w * c];
     for y in 0..h {
         for x in 0..w {
             for ch in 0..c {
-                let v = resized[(y * w + x) * c + ch];
+                let from = if pre.color == Color::Bgr {
+                    c - 1 - ch
+                } else {
+                    ch
+                };
+                let v = resized[(y * w + x) * c + from];
                 let norm = (v / maxval * pre.scale - pre.mean[ch]) / pre.std[ch];
                 let idx = match spec.layout {
                     Layout::Nchw => (ch * h + y) * w + x,
@@ -268,22 +281,56 @@ pub fn from_image(img: &Image, spec: &InputSpec) -> Tensor {
         DType::Float32 => TensorData::F32(out),
         q => quantize(&out, q, spec.quantization),
     };
-    with_quant(Tensor::new(spec.shape.clone(), data), spec)
+    Ok(with_quant(Tensor::new(spec.shape.clone(), data), spec))
+}
+
+/// Resizes `src` (`sw` x `sh`, `c` channels) to the tensor's `dw` x `dh`: stretched, or
+/// letterboxed — scaled by `min(dw / sw, dh / sh)` (each side rounded to the nearest pixel,
+/// at least 1), centred (top/left padding rounded down) on a canvas of `pre.pad`.
+#[allow(clippy::too_many_arguments)]
+fn fit(
+    src: &[f32],
+    sw: usize,
+    sh: usize,
+    c: usize,
+    dw: usize,
+    dh: usize,
+    pre: &Preprocess,
+    maxval: f32,
+) -> Vec<f32> {
+    if pre.resize_mode == ResizeMode::Stretch {
+        return resize_bilinear(src, sw, sh, c, dw, dh);
+    }
+    let scale = (dw as f64 / sw as f64).min(dh as f64 / sh as f64);
+    let nw = ((sw as f64 * scale).round() as usize).clamp(1, dw);
+    let nh = ((sh as f64 * scale).round() as usize).clamp(1, dh);
+    let inner = resize_bilinear(src, sw, sh, c, nw, nh);
+    let pad = pre.pad / 255.0 * maxval;
+    let mut out = vec![pad; dw * dh * c];
+    let (top, left) = ((dh - nh) / 2, (dw - nw) / 2);
+    for y in 0..nh {
+        let row = &inner[y * nw * c..(y + 1) * nw * c];
+        let at = ((top + y) * dw + left) * c;
+        out[at..at + nw * c].copy_from_slice(row);
+    }
+    out
 }
 
 /// Gray<->RGB conversion in f32 sample units (BT.601 luma for RGB -> gray).
 fn convert_color(img: &Image, want: Color) -> Vec<f32> {
     let px = img.width * img.height;
     match (img.channels, want) {
-        (1, Color::Gray) | (3, Color::Rgb) => img.samples.iter().map(|&s| s as f32).collect(),
-        (1, Color::Rgb) => img.samples.iter().flat_map(|&s| [s as f32; 3]).collect(),
+        (1, Color::Gray) | (3, Color::Rgb | Color::Bgr) => {
+            img.samples.iter().map(|&s| s as f32).collect()
+        }
+        (1, Color::Rgb | Color::Bgr) => img.samples.iter().flat_map(|&s| [s as f32; 3]).collect(),
         (_, Color::Gray) => (0..px)
             .map(|i| {
                 let p = &img.samples[i * 3..i * 3 + 3];
                 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32
             })
             .collect(),
-        (_, Color::Rgb) => img.samples.iter().map(|&s| s as f32).collect(),
+        (_, Color::Rgb | Color::Bgr) => img.samples.iter().map(|&s| s as f32).collect(),
     }
 }
 
@@ -338,7 +385,6 @@ pub fn quantize(x: &[f32], dtype: DType, q: Option<QuantParams>) -> TensorData {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::Preprocess;
 
     fn spec(shape: Vec<usize>, layout: Layout, color: Color, dtype: DType) -> InputSpec {
         let c = color.channels();
@@ -347,7 +393,9 @@ mod tests {
             shape: shape.clone(),
             dtype,
             layout,
-            preprocess: Preprocess {
+            preprocess: Some(Preprocess {
+                resize_mode: ResizeMode::Stretch,
+                pad: 0.0,
                 resize: match layout {
                     Layout::Nchw => [shape[2], shape[3]],
                     Layout::Nhwc => [shape[1], shape[2]],
@@ -356,7 +404,7 @@ mod tests {
                 scale: 1.0,
                 mean: vec![0.5; c],
                 std: vec![0.25; c],
-            },
+            }),
             quantization: dtype.is_quantized().then_some(QuantParams {
                 scale: 1.0 / 64.0,
                 zero_point: -10,
@@ -377,13 +425,76 @@ mod tests {
         let t = from_image(
             &img,
             &spec(vec![1, 3, 1, 2], Layout::Nchw, Color::Rgb, DType::Float32),
-        );
+        )
+        .unwrap();
         let TensorData::F32(v) = t.data else { panic!() };
         let n = |s: f32| (s / 255.0 - 0.5) / 0.25;
         assert_eq!(
             v,
             vec![n(255.0), n(0.0), n(0.0), n(255.0), n(51.0), n(102.0)]
         );
+    }
+
+    #[test]
+    fn bgr_reverses_channels_and_letterbox_pads_centred() {
+        // 2x1 RGB image into a 2x2 BGR tensor, letterboxed: scale 1, one pad row below.
+        let img = Image {
+            width: 2,
+            height: 1,
+            channels: 3,
+            maxval: 255,
+            samples: vec![255, 0, 51, 0, 255, 102],
+        };
+        let mut s = spec(vec![1, 2, 2, 3], Layout::Nhwc, Color::Bgr, DType::Float32);
+        if let Some(p) = s.preprocess.as_mut() {
+            p.resize_mode = ResizeMode::Letterbox;
+            p.pad = 127.5;
+            p.mean = vec![0.0; 3];
+            p.std = vec![1.0; 3];
+        }
+        let TensorData::F32(v) = from_image(&img, &s).unwrap().data else {
+            panic!()
+        };
+        let px = |r: f32, g: f32, b: f32| [b / 255.0, g / 255.0, r / 255.0];
+        let mut want = Vec::new();
+        want.extend(px(255.0, 0.0, 51.0));
+        want.extend(px(0.0, 255.0, 102.0));
+        want.extend([0.5; 6]);
+        assert_eq!(v, want);
+        // A tall image in a square tensor: pillars left and right, centred.
+        let tall = Image {
+            width: 1,
+            height: 2,
+            channels: 1,
+            maxval: 255,
+            samples: vec![255, 255],
+        };
+        let mut g = spec(vec![1, 1, 2, 4], Layout::Nchw, Color::Gray, DType::Float32);
+        if let Some(p) = g.preprocess.as_mut() {
+            p.resize_mode = ResizeMode::Letterbox;
+            p.mean = vec![0.0];
+            p.std = vec![1.0];
+        }
+        let TensorData::F32(v) = from_image(&tall, &g).unwrap().data else {
+            panic!()
+        };
+        // 1x2 scaled by min(4/1, 2/2) = 1 -> 1 pixel wide, left pad (4 - 1) / 2 = 1.
+        assert_eq!(v, vec![0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn a_tensor_only_input_refuses_images_by_name() {
+        let mut s = spec(vec![1, 1, 2, 2], Layout::Nchw, Color::Gray, DType::Float32);
+        s.preprocess = None;
+        let img = Image {
+            width: 2,
+            height: 2,
+            channels: 1,
+            maxval: 255,
+            samples: vec![0; 4],
+        };
+        let err = from_image(&img, &s).unwrap_err();
+        assert!(err.to_string().contains("takes tensors"), "{err}");
     }
 
     #[test]

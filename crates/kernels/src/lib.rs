@@ -11,6 +11,7 @@
 //!   with the requantisation fused into the store of each output tile.
 //! * [`depthwise`]: direct depthwise convolution on zero-point-free `i16` planes, no im2col.
 //! * [`requant`]: the requantisation arithmetic shared by both, ORT's formula.
+//! * [`qadd`]: quantised addition with MLAS QLinearAdd's fused multiply-adds (ties included).
 //!
 //! Each kernel has a portable implementation (the reference the others are tested against)
 //! and, where it pays, `std::arch` versions chosen once per process by CPU feature detection
@@ -22,6 +23,7 @@
 
 pub mod depthwise;
 pub mod gemm;
+pub mod qadd;
 pub mod requant;
 
 use std::sync::OnceLock;

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`qdq`] | QDQ -> QOperator on the ONNX protobuf, before tract parses it: `DQ -> op -> Q` groups become the QLinear op ONNX Runtime's own fusion would run |
 //! | [`qconv`] | `QLinearConv` on [`beltbox_kernels`]: replaces tract's builder, packs weights and folds zero points at load |
+//! | [`shapes`] | named (symbolic) dimensions in the ONNX graph forgotten before parsing: the manifest's concrete input shape decides |
 //! | [`onnx_ops`] | ONNX Runtime contrib ops (`QLinearAdd`, `QGemm`, ...) registered into tract's ONNX op table |
 //!
 //! Layer rule: this crate knows ONNX and tract, and the kernels below it; nothing of model
@@ -12,3 +13,4 @@
 pub mod onnx_ops;
 pub mod qconv;
 pub mod qdq;
+pub mod shapes;

@@ -14,6 +14,7 @@
 //! | DQ(a), DQ(b) -> Add / Mul -> Q | `QLinearAdd` / `QLinearMul` |
 //! | DQ(x) -> GlobalAveragePool / AveragePool -> Q | `QLinearGlobalAveragePool` / `QLinearAveragePool` |
 //! | DQ(x) -> Sigmoid / LeakyRelu -> Q | `QLinearSigmoid` / `QLinearLeakyRelu` |
+//! | DQ(x) -> Softmax -> Q | `QLinearSoftmax` (with the model's opset, as ORT's fusion does) |
 //! | DQ(x_i)... -> Concat -> Q | `QLinearConcat` |
 //! | DQ(x) -> Flatten / Reshape / Transpose / Squeeze / Unsqueeze / MaxPool -> Q, same params | the op on the integers |
 //!
@@ -54,10 +55,17 @@ const INT32: i32 = 6;
 /// Rewrites the main graph of `model` in place.
 pub fn rewrite(model: &mut ModelProto) -> Stats {
     let mut stats = Stats::default();
+    // The default domain's opset: QLinearSoftmax must know which Softmax semantics it
+    // replaces (before opset 13 Softmax flattened its input at `axis`).
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map_or(13, |o| o.version);
     let Some(graph) = model.graph.as_mut() else {
         return stats;
     };
-    let uses_contrib = Rewriter::new(graph).run(&mut stats);
+    let uses_contrib = Rewriter::new(graph, opset).run(&mut stats);
     if uses_contrib
         && !model
             .opset_import
@@ -92,6 +100,8 @@ struct Q {
 
 struct Rewriter<'g> {
     graph: &'g mut GraphProto,
+    /// The model's default-domain opset version.
+    opset: i64,
     inits: HashMap<String, usize>,
     producer: HashMap<String, usize>,
     uses: HashMap<String, usize>,
@@ -104,7 +114,7 @@ struct Rewriter<'g> {
 }
 
 impl<'g> Rewriter<'g> {
-    fn new(graph: &'g mut GraphProto) -> Rewriter<'g> {
+    fn new(graph: &'g mut GraphProto, opset: i64) -> Rewriter<'g> {
         let inits = graph
             .initializer
             .iter()
@@ -127,6 +137,7 @@ impl<'g> Rewriter<'g> {
         }
         Rewriter {
             graph,
+            opset,
             inits,
             producer,
             uses,
@@ -159,6 +170,7 @@ impl<'g> Rewriter<'g> {
                 "AveragePool" => self.unary(i, "QLinearAveragePool", &[]),
                 "Sigmoid" => self.unary(i, "QLinearSigmoid", &[]),
                 "LeakyRelu" => self.unary(i, "QLinearLeakyRelu", &[]),
+                "Softmax" => self.softmax(i),
                 "Concat" => self.concat(i),
                 "Flatten" | "Reshape" | "Transpose" | "Squeeze" | "Unsqueeze" | "MaxPool" => {
                     self.passthrough(i)
@@ -522,6 +534,23 @@ impl<'g> Rewriter<'g> {
             .collect();
         self.replace(i, &q, op, "com.microsoft", inputs, extra);
         Some(op.into())
+    }
+
+    /// `DQ -> Softmax -> Q` becomes `QLinearSoftmax`, as ORT's QDQ fusion does (the node's
+    /// `axis` is kept; `opset` tells the op which Softmax semantics it replaces).
+    fn softmax(&mut self, i: usize) -> Option<String> {
+        let axis = int_attr(&self.graph.node[i], "axis");
+        let mut attrs = vec![("opset", self.opset)];
+        attrs.extend(axis.map(|a| ("axis", a)));
+        // `unary` extends the node's attributes, so drop the original axis first.
+        let n = &mut self.graph.node[i];
+        let before = n.attribute.clone();
+        n.attribute.retain(|a| a.name != "axis");
+        let fused = self.unary(i, "QLinearSoftmax", &attrs);
+        if fused.is_none() {
+            self.graph.node[i].attribute = before;
+        }
+        fused
     }
 
     fn concat(&mut self, i: usize) -> Option<String> {

@@ -11,6 +11,12 @@ quantiser's output. For case NAME this writes:
     NAME.out0.npy        ONNX Runtime's output (all graph optimisations disabled)
 
 Run from anywhere: `python3 tests/data/onnx_ops/gen.py`. Needs numpy, onnx, onnxruntime.
+
+Machine caveat: on x86 CPUs without AVX-512 VNNI (AVX2 only), ORT's u8 x s8 kernels behind
+QLinearConv/QGemm saturate a 16-bit intermediate (vpmaddubsw), so regenerating there changes
+the u8s8 conv/gemm references by up to 122 steps (measured on an AVX2 EPYC, ORT 1.32; the
+`session.x64quantprecision` key does not apply at ORT_DISABLE_ALL). The committed references
+are the exact integer results; regenerate on a VNNI or ARM machine, or keep those files.
 Outputs are deterministic for a given onnxruntime version; the version used is written to
 VERSIONS.txt so a regenerated diff can be explained.
 """
@@ -64,8 +70,10 @@ class Case:
         node = helper.make_node(op_type, node_inputs, ["y"], name=self.name, domain=domain, **attrs)
         return self.save_graph([node], out_dtype, op_type, uses_ms=domain == MS)
 
-    def save_graph(self, nodes, out_dtype, label, uses_ms=True, dynamic_batch=False):
-        """Saves a graph whose output is "y" and records ORT's output for it."""
+    def save_graph(self, nodes, out_dtype, label, uses_ms=True, dynamic_batch=False,
+                   level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+        """Saves a graph whose output is "y" and records ORT's output for it (at graph
+        optimisation `level`: QDQ groups are fused into integer ops from ORT_ENABLE_EXTENDED)."""
 
         def shape(a):
             # A symbolic leading dimension, as exported models usually have.
@@ -88,7 +96,8 @@ class Case:
         onnx.save(model, path)
 
         so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.graph_optimization_level = level
+        so.intra_op_num_threads = 1
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         (out,) = sess.run(None, dict(self.inputs))
         assert out.dtype == np.dtype(out_dtype), (self.name, out.dtype)
@@ -97,6 +106,58 @@ class Case:
         np.save(os.path.join(HERE, f"{self.name}.out0.npy"), out)
         print(f"{self.name:32} {label:26} out {out.dtype} {out.shape}")
         return out
+
+
+def qlinear_softmax(name, dt, shape, seed, x_scale, opset, axis=None):
+    """QLinearSoftmax as ORT's quantiser emits it: output scale 1/255 (u8, zp 0) or 1/256
+    (i8, zp -128). Inputs are random codes; x_scale sets how peaked the rows are."""
+    c = Case(name, seed)
+    x = c.input(rand_q(c.rng, dt, shape))
+    y_scale, y_zp = (1.0 / 255.0, 0) if dt == np.uint8 else (1.0 / 256.0, -128)
+    attrs = {"opset": opset}
+    if axis is not None:
+        attrs["axis"] = axis
+    c.save(
+        "QLinearSoftmax",
+        [x, c.const(x_scale, np.float32), c.const(7, dt), c.const(y_scale, np.float32),
+         c.const(y_zp, dt)],
+        dt,
+        **attrs,
+    )
+
+
+def qdq_softmax(name, shape, seed):
+    """DequantizeLinear -> Softmax -> QuantizeLinear, as ORT's quantiser wraps every Softmax
+    in QDQ format. The reference is ORT with its QDQ fusion on (ORT_ENABLE_EXTENDED), which
+    runs the group as QLinearSoftmax; the float group lands one step away on ~3 % of values."""
+    c = Case(name, seed)
+    x = c.input(rand_q(c.rng, np.uint8, shape))
+    nodes = [
+        helper.make_node("DequantizeLinear", [x, c.const(0.0731, np.float32), c.const(118, np.uint8)], ["xf"]),
+        helper.make_node("Softmax", ["xf"], ["yf"], axis=-1),
+        helper.make_node("QuantizeLinear", ["yf", c.const(1.0 / 255.0, np.float32), c.const(0, np.uint8)], ["y"]),
+    ]
+    c.save_graph(nodes, np.uint8, "DQ->Softmax->Q", uses_ms=False,
+                 level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+
+
+def qlinear_add_ties(name, dt, seed, scalar_b):
+    """QLinearAdd where the exact result of most elements is n + 0.5: C's scale equals A's
+    and B's is half of it, so every odd b - b_zp is a tie. Only ORT's exact float steps
+    (fused multiply-adds, scalar operands folded first) round these as ORT does."""
+    c = Case(name, seed)
+    info = np.iinfo(dt)
+    codes = np.arange(info.min, info.max + 1).astype(dt)
+    a = c.input(c.rng.permutation(codes).reshape(1, 256))
+    b = c.input(rand_q(c.rng, dt, (1,) if scalar_b else (1, 256)))
+    mid = 128 if dt == np.uint8 else 0
+    sc = np.float32(0.0371)
+    c.save(
+        "QLinearAdd",
+        [a, c.const(sc, np.float32), c.const(mid + 3, dt), b, c.const(sc / 2, np.float32),
+         c.const(mid - 7, dt), c.const(sc, np.float32), c.const(mid + 5, dt)],
+        dt,
+    )
 
 
 def chain(name, seed):
@@ -383,6 +444,12 @@ def main():
     qgemm("qgemm_u8u8_negative_alpha", u8, u8, 4, 16, 6, 32, alpha=-0.75, per_column=True,
           bias_shape=(6,))
     chain("qoperator_chain_dynamic_batch", 29)
+    qlinear_softmax("qlinear_softmax_u8", u8, (6, 37), 42, 0.0731, opset=13)
+    qlinear_softmax("qlinear_softmax_i8_axis1", i8, (2, 5, 3), 43, 0.02, opset=13, axis=1)
+    qlinear_softmax("qlinear_softmax_u8_opset11_flatten", u8, (2, 3, 4), 44, 0.05, opset=11, axis=1)
+    qdq_softmax("qdq_softmax_u8", (5, 64), 45)
+    qlinear_add_ties("qlinear_add_u8_all_ties", u8, 46, scalar_b=False)
+    qlinear_add_ties("qlinear_add_i8_ties_scalar_b", i8, 47, scalar_b=True)
     # QLinearConv on beltbox's kernels: depthwise, grouped, strided, dilated, 1-D, SAME
     # padding, signed activations, unsigned weights with non-zero zero points, no bias.
     qlinear_conv("qlinear_conv_u8s8_depthwise", u8, i8, (1, 8, 9, 11), (8, 1, 3, 3), 35,

@@ -384,15 +384,21 @@ impl Model {
 }
 
 /// What preprocessing allocates for one frame of `frame` (width, height) pixels — the
-/// model's own input size when `None` (frames arrive at model resolution).
+/// model's own input size when `None` (frames arrive at model resolution). A tensor input
+/// (no `preprocess`) is planned as one row of its elements: the encoded NPY, its decoded
+/// copy and the conversions, an over-estimate of a few tensor copies.
 pub fn preprocess_facts(m: &manifest::Manifest, frame: Option<(u64, u64)>) -> PreprocessFacts {
     let (h, w, c) = m.input.hwc();
-    let [rh, rw] = m.input.preprocess.resize;
+    let (resize, channels) = match &m.input.preprocess {
+        Some(p) => (p.resize, p.color.channels() as u64),
+        None => ([h, w], 1),
+    };
+    let [rh, rw] = resize;
     let (fw, fh) = frame.unwrap_or((rw as u64, rh as u64));
     PreprocessFacts {
         frame_width: fw,
         frame_height: fh,
-        frame_channels: m.input.preprocess.color.channels() as u64,
+        frame_channels: channels,
         tensor_height: h as u64,
         tensor_width: w as u64,
         tensor_channels: c as u64,

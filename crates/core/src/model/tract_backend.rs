@@ -13,7 +13,7 @@ use tract_onnx::prelude::*;
 use super::backend::{Backend, BackendError, OpCounts, OpTime};
 use crate::manifest::Manifest;
 use crate::tensor::{DType, Tensor as BbTensor, TensorData};
-use beltbox_tract::{onnx_ops, qconv, qdq};
+use beltbox_tract::{onnx_ops, qconv, qdq, shapes};
 
 /// tract is pinned to this exact version in Cargo.toml (`=0.23.9`); logged at load.
 pub const TRACT_VERSION: &str = "0.23.9";
@@ -79,6 +79,8 @@ impl TractBackend {
         let (model, qdq_stats) = contain("cannot parse the ONNX model", || {
             let onnx = framework();
             let mut proto = onnx.proto_model_for_read(&mut Cursor::new(bytes))?;
+            // The manifest's input shape is the one truth about shapes (see `shapes`).
+            shapes::forget_symbolic_dims(&mut proto);
             let stats = qdq::rewrite(&mut proto);
             Ok((onnx.model_for_proto_model(&proto)?, stats))
         })

