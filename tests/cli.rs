@@ -397,3 +397,136 @@ fn under_journald_log_lines_carry_syslog_priorities() {
     );
     assert!(!err.contains("[WARN"), "{err}");
 }
+
+#[test]
+fn infer_output_npy_writes_every_output_as_the_reference_has_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("outs");
+    let o = beltbox(&[
+        "infer",
+        "--model",
+        "models/digits-fp32",
+        "--input",
+        "models/digits-fp32/golden/000.pgm",
+        "--output-npy",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let files: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
+    assert_eq!(files.len(), 1, "one file per output");
+    let ours = beltbox_core::npy::parse(&std::fs::read(out.join("0_logits.npy")).unwrap())
+        .unwrap()
+        .to_f32();
+    let reference = beltbox_core::npy::parse(
+        &std::fs::read(repo().join("models/digits-fp32/golden/000.out.npy")).unwrap(),
+    )
+    .unwrap()
+    .to_f32();
+    assert_eq!(ours.len(), reference.len());
+    for (a, b) in ours.iter().zip(&reference) {
+        assert!((a - b).abs() <= 1e-4, "{a} vs ORT {b}");
+    }
+}
+
+/// The digits-fp32 manifest rewritten in format 2: `[[inputs]]`, `inputs`/`outputs` lists per
+/// golden sample, no `[accuracy]` or `accuracy_floor`.
+fn to_format_2(t: String) -> String {
+    let mut out = String::new();
+    let mut skip = false;
+    for line in t.lines() {
+        if line.starts_with('[') {
+            skip = line == "[accuracy]";
+        }
+        if skip || line.starts_with("accuracy_floor") {
+            continue;
+        }
+        let line = match line {
+            "[input]" => "[[inputs]]".to_string(),
+            "[input.preprocess]" => "[inputs.preprocess]".to_string(),
+            l if l.starts_with("input = ") => format!("inputs = [{}]", &l[8..]),
+            l if l.starts_with("output = ") => format!("outputs = [{}]", &l[9..]),
+            l => l.to_string(),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn format_2_manifest_loads_and_a_raw_output_needs_no_label() {
+    let (_t, pkg) = copy_package("digits-fp32");
+    edit_manifest(&pkg, to_format_2);
+    let o = beltbox(&["bench", "--model", pkg.to_str().unwrap(), "--runs", "1"]);
+    assert!(o.status.success(), "format 2: {}", stderr(&o));
+    // A raw output: no scores, no labels, no golden labels; values are still compared.
+    edit_manifest(&pkg, |t| {
+        t.replace("task = \"classification\"", "task = \"raw\"")
+            .lines()
+            .filter(|l| {
+                !l.starts_with("label = ")
+                    && !l.starts_with("scores = ")
+                    && !l.starts_with("labels = ")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect()
+    });
+    let o = beltbox(&["bench", "--model", pkg.to_str().unwrap(), "--runs", "1"]);
+    assert!(o.status.success(), "raw: {}", stderr(&o));
+    // Per-output tolerance: a reference 0.05 off fails at the package default and passes
+    // once that output allows 0.1.
+    let rel = "golden/000.out.npy";
+    let mut t = beltbox_core::npy::parse(&std::fs::read(pkg.join(rel)).unwrap()).unwrap();
+    if let beltbox_core::tensor::TensorData::F32(v) = &mut t.data {
+        v[0] += 0.05;
+    }
+    std::fs::write(pkg.join(rel), beltbox_core::npy::to_bytes(&t)).unwrap();
+    rehash(&pkg, rel);
+    let o = beltbox(&["bench", "--model", pkg.to_str().unwrap(), "--runs", "1"]);
+    assert_error(
+        &o,
+        1,
+        &["golden self-check failed", "output `logits`", "1 of 10"],
+    );
+    edit_manifest(&pkg, |t| {
+        t.replace("task = \"raw\"", "task = \"raw\"\natol = 0.1")
+    });
+    let o = beltbox(&["bench", "--model", pkg.to_str().unwrap(), "--runs", "1"]);
+    assert!(o.status.success(), "per-output atol: {}", stderr(&o));
+}
+
+#[test]
+fn a_tensor_only_input_refuses_an_image_by_name() {
+    let (_t, pkg) = copy_package("digits-fp32");
+    edit_manifest(&pkg, |t| {
+        let start = t.find("[input.preprocess]").unwrap();
+        let end = start + t[start..].find("\n\n").unwrap();
+        format!("{}{}", &t[..start], &t[end + 2..])
+    });
+    let npy = tempfile::tempdir().unwrap();
+    let img = beltbox_core::image::decode_pgm(
+        &std::fs::read(repo().join("models/digits-fp32/golden/000.pgm")).unwrap(),
+    )
+    .unwrap();
+    let x: Vec<f32> = img
+        .samples
+        .iter()
+        .map(|&s| s as f32 / img.maxval as f32)
+        .collect();
+    let t = beltbox_core::tensor::Tensor::new(
+        vec![1, 1, 8, 8],
+        beltbox_core::tensor::TensorData::F32(x),
+    );
+    let path = npy.path().join("x.npy");
+    std::fs::write(&path, beltbox_core::npy::to_bytes(&t)).unwrap();
+    // Golden inputs are images: the package itself is now refused, naming why.
+    let o = beltbox(&[
+        "infer",
+        "--model",
+        pkg.to_str().unwrap(),
+        "--input",
+        path.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("takes tensors"), "{}", stderr(&o));
+}

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use beltbox_core::manifest::Task;
 use beltbox_core::model::{LoadOptions, Model, ModelError};
 use beltbox_core::preprocess::InputKind;
 use beltbox_tools::bench::{self, BenchConfig};
@@ -35,12 +36,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Classify one input (PNG, PGM, NPY tensor or raw tensor bytes).
+    /// Run one input (PNG, PGM, NPY tensor or raw tensor bytes): top-k classes, or the outputs.
     #[command(
-        after_help = "Examples:\n  beltbox infer --model models/digits-fp32 --input models/digits-fp32/golden/000.pgm\n  beltbox infer --model digits-int8-qoperator --input frame.png --top-k 3 --json\n\n\
+        after_help = "Examples:\n  beltbox infer --model models/digits-fp32 --input models/digits-fp32/golden/000.pgm\n  beltbox infer --model digits-int8-qoperator --input frame.png --top-k 3 --json\n  beltbox infer --model ./my-detector --input frame.npy --output-npy out/   # every output tensor\n\n\
 Inputs: PNG/PGM images are converted, resized and normalised as the manifest says; .npy \
 holds the model's input tensor as is (float32 is quantised for int8 models); .raw/.bin are \
-the tensor's bytes (little-endian)."
+the tensor's bytes (little-endian).\n\n\
+Outputs: classification outputs print their top-k classes; every output prints its name, \
+shape and value range. --json adds each output's dequantised values for `raw` outputs; \
+--output-npy writes every output tensor as DIR/<index>_<name>.npy (as the model produced \
+it, quantised outputs as integers), to compare with your own reference."
     )]
     Infer {
         #[command(flatten)]
@@ -51,9 +56,12 @@ the tensor's bytes (little-endian)."
         /// How many classes to report.
         #[arg(long, default_value_t = 5, value_name = "K")]
         top_k: usize,
-        /// Machine-readable output.
+        /// Machine-readable output (with the values of `raw` outputs).
         #[arg(long)]
         json: bool,
+        /// Write every output tensor into DIR (created if missing) as <index>_<name>.npy.
+        #[arg(long, value_name = "DIR")]
+        output_npy: Option<PathBuf>,
     },
     /// Measure load time, per-stage latency percentiles and peak RSS.
     #[command(
@@ -162,6 +170,11 @@ pub enum CliError {
     ModelNotFound(String),
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
+    #[error("{path}: cannot write output tensor: {source}")]
+    OutputFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Thermal(beltbox_core::thermal::ThermalError),
     #[error(transparent)]
@@ -229,7 +242,8 @@ pub fn main() -> ExitCode {
             input,
             top_k,
             json,
-        } => infer(&model, &input, top_k, json),
+            output_npy,
+        } => infer(&model, &input, top_k, json, output_npy.as_deref()),
         Command::Bench {
             model,
             runs,
@@ -290,12 +304,48 @@ fn emit(text: &str) -> Result<(), CliError> {
     writeln!(out, "{text}").map_err(CliError::Output)
 }
 
+/// Every output tensor as `dir/<index>_<name>.npy`, the name reduced to `[A-Za-z0-9._-]`
+/// (graph names hold `/` and `:`).
+fn write_outputs(
+    dir: &Path,
+    m: &beltbox_core::manifest::Manifest,
+    outputs: &[beltbox_core::tensor::Tensor],
+) -> Result<(), CliError> {
+    let fail = |path: &Path, source: std::io::Error| CliError::OutputFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
+    for (i, (spec, t)) in m.outputs.iter().zip(outputs).enumerate() {
+        let name: String = spec
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let path = dir.join(format!("{i}_{name}.npy"));
+        std::fs::write(&path, beltbox_core::npy::to_bytes(t)).map_err(|e| fail(&path, e))?;
+    }
+    Ok(())
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     // Serialising our own plain structs cannot fail; fall back to an empty object anyway.
     serde_json::to_string_pretty(v).unwrap_or_else(|_| "{}".into())
 }
 
-fn infer(args: &ModelArgs, input: &Path, top_k: usize, json: bool) -> Result<(), CliError> {
+fn infer(
+    args: &ModelArgs,
+    input: &Path,
+    top_k: usize,
+    json: bool,
+    output_npy: Option<&Path>,
+) -> Result<(), CliError> {
     let model = load(args)?;
     let bytes = read_input(input)?;
     let kind = InputKind::from_file_name(&input.to_string_lossy());
@@ -310,12 +360,36 @@ fn infer(args: &ModelArgs, input: &Path, top_k: usize, json: bool) -> Result<(),
             other => other.into(),
         })?;
     let m = model.manifest();
+    if let Some(dir) = output_npy {
+        write_outputs(dir, m, &result.outputs)?;
+    }
+    let outputs: Vec<serde_json::Value> = m
+        .outputs
+        .iter()
+        .zip(&result.outputs)
+        .map(|(spec, t)| {
+            let values = t.to_f32();
+            let mut o = serde_json::json!({
+                "name": spec.name,
+                "task": if spec.task == Task::Raw { "raw" } else { "classification" },
+                "shape": t.shape,
+                "dtype": t.dtype().to_string(),
+                "min": values.iter().copied().fold(f32::INFINITY, f32::min),
+                "max": values.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+            });
+            if spec.task == Task::Raw {
+                o["values"] = serde_json::json!(values);
+            }
+            o
+        })
+        .collect();
     if json {
         let v = serde_json::json!({
             "model": m.name,
             "version": m.version.to_string(),
             "input": input.display().to_string(),
             "top": result.classes,
+            "outputs": outputs,
             "timings_ms": {
                 "preprocess": result.timings.preprocess_us as f64 / 1e3,
                 "inference": result.timings.inference_us as f64 / 1e3,
@@ -335,6 +409,19 @@ fn infer(args: &ModelArgs, input: &Path, top_k: usize, json: bool) -> Result<(),
                 c.label,
                 c.index
             ));
+        }
+        for o in &outputs {
+            s.push_str(&format!(
+                "  output {}: {} {} in [{}, {}]\n",
+                o["name"].as_str().unwrap_or(""),
+                o["dtype"].as_str().unwrap_or(""),
+                o["shape"],
+                o["min"],
+                o["max"]
+            ));
+        }
+        if let Some(dir) = output_npy {
+            s.push_str(&format!("  outputs written to {}\n", dir.display()));
         }
         let t = result.timings;
         s.push_str(&format!(
