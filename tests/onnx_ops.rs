@@ -297,6 +297,18 @@ fn qdq_softmax_u8_is_fused_and_exact() {
     check_exact("qdq_softmax_u8", true);
 }
 
+/// Activations ORT has no QLinear op for: ORT runs `DQ -> op -> Q` in float per element,
+/// beltbox as a 256-entry table of the same function; every code is compared.
+#[test]
+fn qdq_hard_swish_u8_is_a_table_and_exact() {
+    check_exact("qdq_hard_swish_u8", true);
+}
+
+#[test]
+fn qdq_hard_sigmoid_u8_is_a_table_and_exact() {
+    check_exact("qdq_hard_sigmoid_u8", true);
+}
+
 #[test]
 fn qlinear_add_u8_all_ties() {
     check_exact("qlinear_add_u8_all_ties", false);

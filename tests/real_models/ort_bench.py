@@ -30,7 +30,7 @@ def status_kib(field: str) -> int:
     return 0
 
 
-def child(pkg: Path, runs: int, warmup: int) -> dict:
+def child(pkg: Path, runs: int, warmup: int, mode_override: str | None = None) -> dict:
     import numpy as np
 
     sys.dont_write_bytecode = True
@@ -46,7 +46,7 @@ def child(pkg: Path, runs: int, warmup: int) -> dict:
     if fmt == "onnx":
         import onnxruntime  # noqa: F401  (load the library before the baseline)
 
-        mode = mp.GOLDEN_MODE[manifest["model"]["precision"]]
+        mode = mode_override or mp.GOLDEN_MODE[manifest["model"]["precision"]]
         baseline = status_kib("VmRSS")
         sess = mp.ort_session(model, mode)
         feed = dict(zip(names, feeds))
@@ -100,10 +100,12 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--mode", help="ORT mode instead of the golden one (e.g. ALL: ORT's default, "
+                    "its fastest; on AVX2 without VNNI its INT8 kernels saturate)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.packages[0], args.runs, args.warmup)))
+        print(json.dumps(child(args.packages[0], args.runs, args.warmup, args.mode)))
         return 0
     rows = []
     for pkg in args.packages:
@@ -111,7 +113,8 @@ def main() -> int:
             print(f"ort_bench: skipping {pkg} (no manifest.toml)", file=sys.stderr)
             continue
         out = subprocess.run(
-            [sys.executable, __file__, "--child", str(pkg), "--runs", str(args.runs), "--warmup", str(args.warmup)],
+            [sys.executable, __file__, "--child", str(pkg), "--runs", str(args.runs), "--warmup", str(args.warmup)]
+            + (["--mode", args.mode] if args.mode else []),
             capture_output=True,
             text=True,
         )

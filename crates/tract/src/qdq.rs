@@ -15,6 +15,7 @@
 //! | DQ(x) -> GlobalAveragePool / AveragePool -> Q | `QLinearGlobalAveragePool` / `QLinearAveragePool` |
 //! | DQ(x) -> Sigmoid / LeakyRelu -> Q | `QLinearSigmoid` / `QLinearLeakyRelu` |
 //! | DQ(x) -> Softmax -> Q | `QLinearSoftmax` (with the model's opset, as ORT's fusion does) |
+//! | DQ(x) -> HardSigmoid / HardSwish -> Q | `BeltboxQHardSigmoid` / `BeltboxQHardSwish` (domain `ai.beltbox`: a 256-entry table of the float group, exact) |
 //! | DQ(x_i)... -> Concat -> Q | `QLinearConcat` |
 //! | DQ(x) -> Flatten / Reshape / Transpose / Squeeze / Unsqueeze / MaxPool -> Q, same params | the op on the integers |
 //!
@@ -52,6 +53,9 @@ const UINT8: i32 = 2;
 const INT8: i32 = 3;
 const INT32: i32 = 6;
 
+/// Domain of the integer ops beltbox adds where ONNX Runtime has no contrib op.
+pub const BELTBOX_DOMAIN: &str = "ai.beltbox";
+
 /// Rewrites the main graph of `model` in place.
 pub fn rewrite(model: &mut ModelProto) -> Stats {
     let mut stats = Stats::default();
@@ -65,17 +69,13 @@ pub fn rewrite(model: &mut ModelProto) -> Stats {
     let Some(graph) = model.graph.as_mut() else {
         return stats;
     };
-    let uses_contrib = Rewriter::new(graph, opset).run(&mut stats);
-    if uses_contrib
-        && !model
-            .opset_import
-            .iter()
-            .any(|o| o.domain == "com.microsoft")
-    {
-        model.opset_import.push(OperatorSetIdProto {
-            domain: "com.microsoft".into(),
-            version: 1,
-        });
+    let domains = Rewriter::new(graph, opset).run(&mut stats);
+    for domain in domains {
+        if !model.opset_import.iter().any(|o| o.domain == domain) {
+            model
+                .opset_import
+                .push(OperatorSetIdProto { domain, version: 1 });
+        }
     }
     stats
 }
@@ -147,9 +147,9 @@ impl<'g> Rewriter<'g> {
         }
     }
 
-    /// Returns whether a com.microsoft op was emitted.
-    fn run(mut self, stats: &mut Stats) -> bool {
-        let mut contrib = false;
+    /// Returns the non-default domains of the ops it emitted.
+    fn run(mut self, stats: &mut Stats) -> HashSet<String> {
+        let mut domains = HashSet::new();
         for i in 0..self.graph.node.len() {
             if self.dead.contains(&i) {
                 continue;
@@ -170,6 +170,10 @@ impl<'g> Rewriter<'g> {
                 "AveragePool" => self.unary(i, "QLinearAveragePool", &[]),
                 "Sigmoid" => self.unary(i, "QLinearSigmoid", &[]),
                 "LeakyRelu" => self.unary(i, "QLinearLeakyRelu", &[]),
+                // No ORT contrib op exists for these (ORT runs the group in float, per
+                // element); a function of one 8-bit code is exactly a 256-entry table.
+                "HardSigmoid" => self.unary_in(i, "BeltboxQHardSigmoid", BELTBOX_DOMAIN, &[]),
+                "HardSwish" => self.unary_in(i, "BeltboxQHardSwish", BELTBOX_DOMAIN, &[]),
                 "Softmax" => self.softmax(i),
                 "Concat" => self.concat(i),
                 "Flatten" | "Reshape" | "Transpose" | "Squeeze" | "Unsqueeze" | "MaxPool" => {
@@ -179,7 +183,10 @@ impl<'g> Rewriter<'g> {
             };
             match fused {
                 Some(name) => {
-                    contrib |= self.graph.node[i].domain == "com.microsoft";
+                    let domain = &self.graph.node[i].domain;
+                    if !domain.is_empty() {
+                        domains.insert(domain.clone());
+                    }
                     *stats.fused.entry(name).or_default() += 1;
                 }
                 None => {
@@ -198,7 +205,7 @@ impl<'g> Rewriter<'g> {
             !dead.contains(&(i - 1))
         });
         prune_dead_nodes(self.graph);
-        contrib
+        domains
     }
 
     fn init(&self, name: &str) -> Option<&TensorProto> {
@@ -524,6 +531,16 @@ impl<'g> Rewriter<'g> {
     }
 
     fn unary(&mut self, i: usize, op: &str, attrs: &[(&str, i64)]) -> Option<String> {
+        self.unary_in(i, op, "com.microsoft", attrs)
+    }
+
+    fn unary_in(
+        &mut self,
+        i: usize,
+        op: &str,
+        domain: &str,
+        attrs: &[(&str, i64)],
+    ) -> Option<String> {
         let n = self.graph.node[i].clone();
         let x = self.dq_act(n.input.first()?)?;
         let q = self.q_after(n.output.first()?)?;
@@ -532,7 +549,7 @@ impl<'g> Rewriter<'g> {
             .iter()
             .map(|(name, v)| int_attribute(name, *v))
             .collect();
-        self.replace(i, &q, op, "com.microsoft", inputs, extra);
+        self.replace(i, &q, op, domain, inputs, extra);
         Some(op.into())
     }
 

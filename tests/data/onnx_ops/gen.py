@@ -71,7 +71,7 @@ class Case:
         return self.save_graph([node], out_dtype, op_type, uses_ms=domain == MS)
 
     def save_graph(self, nodes, out_dtype, label, uses_ms=True, dynamic_batch=False,
-                   level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+                   level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL, opset=OPSET):
         """Saves a graph whose output is "y" and records ORT's output for it (at graph
         optimisation `level`: QDQ groups are fused into integer ops from ORT_ENABLE_EXTENDED)."""
 
@@ -87,7 +87,7 @@ class Case:
             [helper.make_tensor_value_info("y", NP_TO_ONNX[np.dtype(out_dtype)], None)],
             self.inits,
         )
-        opsets = [helper.make_opsetid("", OPSET)]
+        opsets = [helper.make_opsetid("", opset)]
         if uses_ms:
             opsets.append(helper.make_opsetid(MS, 1))
         model = helper.make_model(graph, opset_imports=opsets, producer_name="beltbox-gen")
@@ -139,6 +139,22 @@ def qdq_softmax(name, shape, seed):
     ]
     c.save_graph(nodes, np.uint8, "DQ->Softmax->Q", uses_ms=False,
                  level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+
+
+def qdq_unary(name, op, seed, **attrs):
+    """DequantizeLinear -> op -> QuantizeLinear for an activation ORT has no QLinear op for
+    (HardSigmoid, HardSwish in MobileNetV3-style models): ORT runs the group in float, one
+    element at a time, so the result is a function of the input code; beltbox turns it into a
+    256-entry table. Every code appears once."""
+    c = Case(name, seed)
+    x = c.input(c.rng.permutation(np.arange(256)).astype(np.uint8).reshape(2, 128))
+    nodes = [
+        helper.make_node("DequantizeLinear", [x, c.const(0.047, np.float32), c.const(131, np.uint8)], ["xf"]),
+        helper.make_node(op, ["xf"], ["yf"], **attrs),
+        helper.make_node("QuantizeLinear", ["yf", c.const(0.023, np.float32), c.const(17, np.uint8)], ["y"]),
+    ]
+    c.save_graph(nodes, np.uint8, f"DQ->{op}->Q", uses_ms=False,
+                 level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, opset=14)
 
 
 def qlinear_add_ties(name, dt, seed, scalar_b):
@@ -448,6 +464,8 @@ def main():
     qlinear_softmax("qlinear_softmax_i8_axis1", i8, (2, 5, 3), 43, 0.02, opset=13, axis=1)
     qlinear_softmax("qlinear_softmax_u8_opset11_flatten", u8, (2, 3, 4), 44, 0.05, opset=11, axis=1)
     qdq_softmax("qdq_softmax_u8", (5, 64), 45)
+    qdq_unary("qdq_hard_swish_u8", "HardSwish", 48)
+    qdq_unary("qdq_hard_sigmoid_u8", "HardSigmoid", 49, alpha=0.1666667, beta=0.5)
     qlinear_add_ties("qlinear_add_u8_all_ties", u8, 46, scalar_b=False)
     qlinear_add_ties("qlinear_add_i8_ties_scalar_b", i8, 47, scalar_b=True)
     # QLinearConv on beltbox's kernels: depthwise, grouped, strided, dilated, 1-D, SAME

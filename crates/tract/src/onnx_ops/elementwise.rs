@@ -101,10 +101,8 @@ impl Expansion for QLinearBinary {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        if self.kind == BinaryKind::Add {
-            if let Some(op) = FusedQAdd::build(self, model, inputs)? {
-                return model.wire_node(prefix, op, &[inputs[self.a], inputs[self.b]]);
-            }
+        if let Some(op) = FusedQAdd::build(self, model, inputs)? {
+            return model.wire_node(prefix, op, &[inputs[self.a], inputs[self.b]]);
         }
         let a_q = self.a_q.per_tensor(model, inputs, prefix, "a")?;
         let b_q = self.b_q.per_tensor(model, inputs, prefix, "b")?;
@@ -122,11 +120,14 @@ impl Expansion for QLinearBinary {
     }
 }
 
-/// QLinearAdd as one integer-in, integer-out op (constant parameters, numpy broadcasting):
-/// MLAS's float steps per element ([`beltbox_kernels::qadd`]), in one pass instead of a
-/// dozen tract element-wise nodes with float tensors between them.
+/// QLinearAdd / QLinearMul as one integer-in, integer-out op (constant parameters, numpy
+/// broadcasting): MLAS's float steps per element for Add ([`beltbox_kernels::qadd`]), the
+/// wired path's exact steps for Mul, in one pass instead of a dozen tract element-wise nodes
+/// with float tensors between them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct FusedQAdd {
+    /// Add (MLAS QLinearAdd's steps) or Mul (the wired path's steps, fused).
+    kind: BinaryKind,
     /// f32 bits of a_scale, b_scale, c_scale (bits so the op can be `Eq`).
     scales: [u32; 3],
     /// a, b, c zero points.
@@ -166,7 +167,12 @@ impl FusedQAdd {
         if !matches!(dt, DatumType::U8 | DatumType::I8) || dt != a.datum_type.unquantized() {
             return Ok(None);
         }
-        Ok(Some(FusedQAdd { scales, zps, dt }))
+        Ok(Some(FusedQAdd {
+            kind: q.kind,
+            scales,
+            zps,
+            dt,
+        }))
     }
 }
 
@@ -179,9 +185,67 @@ enum Span {
     ScalarB,
 }
 
+/// QLinearMul's steps for one operand pair, kept in one place so both the per-element and the
+/// broadcast loops round identically.
+struct MulSteps {
+    ratio: f32,
+    zps: [f32; 3],
+    signed: bool,
+}
+
+impl MulSteps {
+    fn value(&self, q: u8) -> f32 {
+        if self.signed {
+            q as i8 as f32
+        } else {
+            q as f32
+        }
+    }
+
+    fn centred_a(&self, q: u8) -> f32 {
+        self.value(q) - self.zps[0]
+    }
+
+    fn centred_b(&self, q: u8) -> f32 {
+        self.value(q) - self.zps[1]
+    }
+
+    fn store(&self, product: f32) -> u8 {
+        let (lo, hi) = if self.signed {
+            (-128.0, 127.0)
+        } else {
+            (0.0, 255.0)
+        };
+        let v = product * self.ratio + self.zps[2];
+        beltbox_kernels::requant::round_half_even(v.clamp(lo, hi)) as u8
+    }
+
+    fn run(&self, a: &[u8], b: &[u8], out: &mut [u8]) {
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = self.store(self.centred_a(x) * self.centred_b(y));
+        }
+    }
+
+    /// One operand fixed (already centred); `varying` is operand `which` (0: a, 1: b).
+    fn run_scalar(&self, fixed: f32, varying: &[u8], which: usize, out: &mut [u8]) {
+        for (o, &v) in out.iter_mut().zip(varying) {
+            let v = if which == 0 {
+                self.centred_a(v)
+            } else {
+                self.centred_b(v)
+            };
+            // IEEE multiplication commutes exactly: operand order does not matter here.
+            *o = self.store(v * fixed);
+        }
+    }
+}
+
 impl Op for FusedQAdd {
     fn name(&self) -> StaticName {
-        "BeltboxQAdd".into()
+        match self.kind {
+            BinaryKind::Add => "BeltboxQAdd".into(),
+            BinaryKind::Mul => "BeltboxQMul".into(),
+        }
     }
 
     op_as_typed_op!();
@@ -265,10 +329,30 @@ impl EvalOp for FusedQAdd {
             }
             off
         };
+        // QLinearMul: the wired path's float steps, `(a - a_zp) * (b - b_zp)` (exact in f32)
+        // times `a_scale * b_scale / c_scale`, plus the zero point, rounded half to even.
+        let [fa, fb, fc] = self.scales.map(f32::from_bits);
+        let mul = MulSteps {
+            ratio: (fa * fb) / fc,
+            zps: self.zps.map(|z| z as f32),
+            signed: self.dt == DatumType::I8,
+        };
         for (k, chunk) in out.chunks_mut(run).enumerate() {
             let start = k * run;
             let (oa, ob) = (offset(&sa, start), offset(&sb, start));
             let n = chunk.len();
+            if self.kind == BinaryKind::Mul {
+                match span {
+                    Span::Both => mul.run(&ab[oa..oa + n], &bb[ob..ob + n], chunk),
+                    Span::ScalarA => {
+                        mul.run_scalar(mul.centred_a(ab[oa]), &bb[ob..ob + n], 1, chunk)
+                    }
+                    Span::ScalarB => {
+                        mul.run_scalar(mul.centred_b(bb[ob]), &ab[oa..oa + n], 0, chunk)
+                    }
+                }
+                continue;
+            }
             match span {
                 Span::Both => {
                     beltbox_kernels::qadd::add(&p, &ab[oa..oa + n], &bb[ob..ob + n], chunk)
@@ -335,7 +419,16 @@ fn wire_mul(
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum UnaryKind {
     Sigmoid,
-    LeakyRelu { alpha: f32 },
+    LeakyRelu {
+        alpha: f32,
+    },
+    /// `max(0, min(1, alpha * x + beta))` (ONNX HardSigmoid).
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
+    /// `x * max(0, min(1, x / 6 + 1 / 2))` (ONNX HardSwish).
+    HardSwish,
 }
 
 /// Builds `QLinearSigmoid`: inputs `(X, X_scale, X_zp?, Y_scale, Y_zp?)`.
@@ -347,6 +440,19 @@ pub(super) fn qlinear_sigmoid(_ctx: &ParsingContext, node: &NodeProto) -> Builde
 pub(super) fn qlinear_leaky_relu(_ctx: &ParsingContext, node: &NodeProto) -> BuilderResult {
     let alpha = node.get_attr_opt::<f32>("alpha")?.unwrap_or(0.01);
     unary(node, UnaryKind::LeakyRelu { alpha })
+}
+
+/// Builds `BeltboxQHardSigmoid` (`crate::qdq`'s fusion of `DQ -> HardSigmoid -> Q`; no ORT
+/// contrib op exists): inputs as `QLinearSigmoid`, attributes `alpha` (0.2), `beta` (0.5).
+pub(super) fn q_hard_sigmoid(_ctx: &ParsingContext, node: &NodeProto) -> BuilderResult {
+    let alpha = node.get_attr_opt::<f32>("alpha")?.unwrap_or(0.2);
+    let beta = node.get_attr_opt::<f32>("beta")?.unwrap_or(0.5);
+    unary(node, UnaryKind::HardSigmoid { alpha, beta })
+}
+
+/// Builds `BeltboxQHardSwish` (`crate::qdq`'s fusion of `DQ -> HardSwish -> Q`).
+pub(super) fn q_hard_swish(_ctx: &ParsingContext, node: &NodeProto) -> BuilderResult {
+    unary(node, UnaryKind::HardSwish)
 }
 
 fn unary(node: &NodeProto, kind: UnaryKind) -> BuilderResult {
@@ -383,13 +489,16 @@ impl Expansion for QLinearUnary {
         match self.kind {
             UnaryKind::Sigmoid => "QLinearSigmoid".into(),
             UnaryKind::LeakyRelu { .. } => "QLinearLeakyRelu".into(),
+            UnaryKind::HardSigmoid { .. } => "BeltboxQHardSigmoid".into(),
+            UnaryKind::HardSwish => "BeltboxQHardSwish".into(),
         }
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(match self.kind {
             UnaryKind::LeakyRelu { alpha } => vec![format!("alpha: {alpha}")],
-            UnaryKind::Sigmoid => vec![],
+            UnaryKind::HardSigmoid { alpha, beta } => vec![format!("alpha: {alpha}, beta: {beta}")],
+            UnaryKind::Sigmoid | UnaryKind::HardSwish => vec![],
         })
     }
 
@@ -413,22 +522,153 @@ impl Expansion for QLinearUnary {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
+        let dt = output_type(model, inputs, self.y_q.zero_point, inputs[0])?;
+        // Constant parameters (what a quantiser writes): the whole op is a function of one
+        // 8-bit code, so evaluate the float path once per code at load and look it up.
+        if let Some(table) = self.table(model, inputs, dt)? {
+            return model.wire_node(prefix, QLut { table }, &[inputs[0]]);
+        }
         let x_q = self.x_q.per_tensor(model, inputs, prefix, "x")?;
         let y_q = self.y_q.per_tensor(model, inputs, prefix, "y")?;
-        let dt = output_type(model, inputs, self.y_q.zero_point, inputs[0])?;
-        let x = wire_dequantize(model, &format!("{prefix}.x"), inputs[0], x_q)?;
-        let op: Box<dyn TypedOp> = match self.kind {
-            UnaryKind::Sigmoid => Box::new(tract_core::ops::nn::sigmoid()),
-            UnaryKind::LeakyRelu { alpha } => Box::new(tract_core::ops::nn::leaky_relu(alpha)),
-        };
-        let y = model.wire_node(format!("{prefix}.float"), op, &[x])?[0];
-        Ok(tvec!(wire_quantize(
-            model,
-            prefix,
-            y,
-            y_q,
-            dt,
-            Rounding::ThenAddZeroPoint
-        )?))
+        Ok(tvec!(
+            self.wire_float(model, prefix, inputs[0], x_q, y_q, dt)?
+        ))
     }
+}
+
+impl QLinearUnary {
+    /// Dequantise, the float function, quantise (ONNX QuantizeLinear rounding): ORT's
+    /// formula for the table it builds for these ops.
+    fn wire_float(
+        &self,
+        model: &mut TypedModel,
+        prefix: &str,
+        x: OutletId,
+        x_q: Q,
+        y_q: Q,
+        dt: DatumType,
+    ) -> TractResult<OutletId> {
+        let x = wire_dequantize(model, &format!("{prefix}.x"), x, x_q)?;
+        let float = |name: &str| format!("{prefix}.{name}");
+        let y = match self.kind {
+            UnaryKind::Sigmoid => {
+                model.wire_node(float("float"), tract_core::ops::nn::sigmoid(), &[x])?[0]
+            }
+            UnaryKind::LeakyRelu { alpha } => {
+                model.wire_node(float("float"), tract_core::ops::nn::leaky_relu(alpha), &[x])?[0]
+            }
+            UnaryKind::HardSwish => {
+                model.wire_node(float("float"), tract_core::ops::nn::hard_swish(), &[x])?[0]
+            }
+            UnaryKind::HardSigmoid { alpha, beta } => {
+                let k =
+                    |model: &mut TypedModel, n: &str, v: f32| model.add_const(float(n), tensor0(v));
+                let (a, b) = (k(model, "alpha", alpha)?, k(model, "beta", beta)?);
+                let (zero, one) = (k(model, "zero", 0.0)?, k(model, "one", 1.0)?);
+                let y = wire_with_rank_broadcast(float("mul_alpha"), model, mul(), &[x, a])?;
+                let y = wire_with_rank_broadcast(float("add_beta"), model, add(), &[y[0], b])?;
+                let y = wire_with_rank_broadcast(float("min_one"), model, min(), &[y[0], one])?;
+                wire_with_rank_broadcast(float("max_zero"), model, max(), &[y[0], zero])?[0]
+            }
+        };
+        wire_quantize(model, prefix, y, y_q, dt, Rounding::ThenAddZeroPoint)
+    }
+
+    /// The 256-entry table `out[code]` (codes in byte order), computed by running
+    /// [`QLinearUnary::wire_float`] on every code, when the parameters are constants.
+    fn table(
+        &self,
+        model: &TypedModel,
+        inputs: &[OutletId],
+        dt: DatumType,
+    ) -> TractResult<Option<Arc<[u8; 256]>>> {
+        let x_dt = model.outlet_fact(inputs[0])?.datum_type.unquantized();
+        if !matches!(x_dt, DatumType::U8 | DatumType::I8) {
+            return Ok(None);
+        }
+        let mut params = Vec::new();
+        for ix in [
+            Some(self.x_q.scale),
+            self.x_q.zero_point,
+            Some(self.y_q.scale),
+            self.y_q.zero_point,
+        ] {
+            match (ix, const_input(model, inputs, ix)?) {
+                (None, _) => params.push(None),
+                (Some(_), Some(t)) if t.len() == 1 => params.push(Some(t)),
+                _ => return Ok(None),
+            }
+        }
+        let mut lut = TypedModel::default();
+        let codes = lut.add_source("codes", x_dt.fact([256usize]))?;
+        let mut konst = |i: usize, name: &str| -> TractResult<Option<OutletId>> {
+            params[i]
+                .as_ref()
+                .map(|t| lut.add_const(name, t.clone().into_tensor().into_shape(&[])?))
+                .transpose()
+        };
+        let x_q = Q {
+            scale: konst(0, "x_scale")?.context("x_scale")?,
+            zero_point: konst(1, "x_zero_point")?,
+        };
+        let y_q = Q {
+            scale: konst(2, "y_scale")?.context("y_scale")?,
+            zero_point: konst(3, "y_zero_point")?,
+        };
+        let y = self.wire_float(&mut lut, "lut", codes, x_q, y_q, dt)?;
+        lut.select_output_outlets(&[y])?;
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        let input = match x_dt {
+            DatumType::I8 => {
+                tract_ndarray::Array1::from_iter(bytes.iter().map(|&b| b as i8)).into_tensor()
+            }
+            _ => tract_ndarray::Array1::from_vec(bytes).into_tensor(),
+        };
+        let out = lut.into_runnable()?.run(tvec!(input.into_tvalue()))?;
+        let out = out.first().context("lookup table: no output")?;
+        let table: [u8; 256] = out
+            .as_bytes()
+            .try_into()
+            .map_err(|_| format_err!("lookup table: {} bytes, expected 256", out.len()))?;
+        Ok(Some(Arc::new(table)))
+    }
+}
+
+/// An 8-bit to 8-bit op that is a function of the input code alone: one table lookup per
+/// element (ORT evaluates its QLinear unary ops the same way).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct QLut {
+    table: Arc<[u8; 256]>,
+}
+
+impl Op for QLut {
+    fn name(&self) -> StaticName {
+        "BeltboxQLut".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for QLut {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = args_1!(inputs);
+        let mut y = x.into_tensor();
+        for b in y.as_bytes_mut() {
+            *b = self.table[*b as usize];
+        }
+        Ok(tvec!(y.into_tvalue()))
+    }
+}
+
+impl TypedOp for QLut {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(inputs[0]
+            .datum_type
+            .unquantized()
+            .fact(inputs[0].shape.clone())))
+    }
+
+    as_op!();
 }

@@ -64,6 +64,8 @@ pub fn register(onnx: &mut tract_onnx::Onnx) {
     reg.insert("QLinearConcat", concat::qlinear_concat);
     reg.insert("QGemm", gemm::qgemm);
     reg.insert("QLinearSoftmax", softmax::qlinear_softmax);
+    reg.insert("BeltboxQHardSigmoid", elementwise::q_hard_sigmoid);
+    reg.insert("BeltboxQHardSwish", elementwise::q_hard_swish);
 }
 
 /// Signature shared by all op builders (the type tract-onnx's registry stores).
