@@ -186,32 +186,26 @@ enum Span {
 }
 
 /// QLinearMul's steps for one operand pair, kept in one place so both the per-element and the
-/// broadcast loops round identically.
+/// broadcast loops round identically. `SIGNED` is a type parameter so the loops carry no
+/// per-element branch and vectorise.
 struct MulSteps {
     ratio: f32,
     zps: [f32; 3],
-    signed: bool,
 }
 
 impl MulSteps {
-    fn value(&self, q: u8) -> f32 {
-        if self.signed {
+    #[inline(always)]
+    fn value<const SIGNED: bool>(q: u8) -> f32 {
+        if SIGNED {
             q as i8 as f32
         } else {
             q as f32
         }
     }
 
-    fn centred_a(&self, q: u8) -> f32 {
-        self.value(q) - self.zps[0]
-    }
-
-    fn centred_b(&self, q: u8) -> f32 {
-        self.value(q) - self.zps[1]
-    }
-
-    fn store(&self, product: f32) -> u8 {
-        let (lo, hi) = if self.signed {
+    #[inline(always)]
+    fn store<const SIGNED: bool>(&self, product: f32) -> u8 {
+        let (lo, hi) = if SIGNED {
             (-128.0, 127.0)
         } else {
             (0.0, 255.0)
@@ -220,22 +214,40 @@ impl MulSteps {
         beltbox_kernels::requant::round_half_even(v.clamp(lo, hi)) as u8
     }
 
-    fn run(&self, a: &[u8], b: &[u8], out: &mut [u8]) {
+    fn run<const SIGNED: bool>(&self, a: &[u8], b: &[u8], out: &mut [u8]) {
+        let [za, zb, _] = self.zps;
         for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-            *o = self.store(self.centred_a(x) * self.centred_b(y));
+            let product = (Self::value::<SIGNED>(x) - za) * (Self::value::<SIGNED>(y) - zb);
+            *o = self.store::<SIGNED>(product);
         }
     }
 
-    /// One operand fixed (already centred); `varying` is operand `which` (0: a, 1: b).
-    fn run_scalar(&self, fixed: f32, varying: &[u8], which: usize, out: &mut [u8]) {
+    /// One operand fixed at `fixed` (already minus its zero point); `varying` has zero
+    /// point `zp`. IEEE multiplication commutes exactly, so operand order does not matter.
+    fn run_scalar<const SIGNED: bool>(&self, fixed: f32, varying: &[u8], zp: f32, out: &mut [u8]) {
         for (o, &v) in out.iter_mut().zip(varying) {
-            let v = if which == 0 {
-                self.centred_a(v)
-            } else {
-                self.centred_b(v)
-            };
-            // IEEE multiplication commutes exactly: operand order does not matter here.
-            *o = self.store(v * fixed);
+            *o = self.store::<SIGNED>((Self::value::<SIGNED>(v) - zp) * fixed);
+        }
+    }
+
+    /// Dispatches one run on the operand type and the broadcast shape.
+    fn dispatch(&self, signed: bool, span: Span, a: &[u8], b: &[u8], out: &mut [u8]) {
+        let [za, zb, _] = self.zps;
+        match (signed, span) {
+            (false, Span::Both) => self.run::<false>(a, b, out),
+            (true, Span::Both) => self.run::<true>(a, b, out),
+            (false, Span::ScalarA) => {
+                self.run_scalar::<false>(Self::value::<false>(a[0]) - za, b, zb, out)
+            }
+            (true, Span::ScalarA) => {
+                self.run_scalar::<true>(Self::value::<true>(a[0]) - za, b, zb, out)
+            }
+            (false, Span::ScalarB) => {
+                self.run_scalar::<false>(Self::value::<false>(b[0]) - zb, a, za, out)
+            }
+            (true, Span::ScalarB) => {
+                self.run_scalar::<true>(Self::value::<true>(b[0]) - zb, a, za, out)
+            }
         }
     }
 }
@@ -335,22 +347,24 @@ impl EvalOp for FusedQAdd {
         let mul = MulSteps {
             ratio: (fa * fb) / fc,
             zps: self.zps.map(|z| z as f32),
-            signed: self.dt == DatumType::I8,
         };
+        let signed = self.dt == DatumType::I8;
         for (k, chunk) in out.chunks_mut(run).enumerate() {
             let start = k * run;
             let (oa, ob) = (offset(&sa, start), offset(&sb, start));
             let n = chunk.len();
             if self.kind == BinaryKind::Mul {
-                match span {
-                    Span::Both => mul.run(&ab[oa..oa + n], &bb[ob..ob + n], chunk),
-                    Span::ScalarA => {
-                        mul.run_scalar(mul.centred_a(ab[oa]), &bb[ob..ob + n], 1, chunk)
-                    }
-                    Span::ScalarB => {
-                        mul.run_scalar(mul.centred_b(bb[ob]), &ab[oa..oa + n], 0, chunk)
-                    }
-                }
+                let a = if span == Span::ScalarA {
+                    &ab[oa..=oa]
+                } else {
+                    &ab[oa..oa + n]
+                };
+                let b = if span == Span::ScalarB {
+                    &bb[ob..=ob]
+                } else {
+                    &bb[ob..ob + n]
+                };
+                mul.dispatch(signed, span, a, b, chunk);
                 continue;
             }
             match span {
