@@ -5,6 +5,9 @@
 
 use std::path::PathBuf;
 
+mod common;
+use common::tflite_library;
+
 use beltbox_core::model::{LoadOptions, Model};
 use beltbox_core::preprocess::InputKind;
 
@@ -14,17 +17,6 @@ fn pkg(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The LiteRT library fetched by cross/fetch-litert.sh, unless $BELTBOX_LITERT_LIB says otherwise.
-fn tflite_library() -> Option<PathBuf> {
-    if std::env::var_os("BELTBOX_LITERT_LIB").is_some() {
-        return None;
-    }
-    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(".cache/litert")
-        .join(std::env::consts::ARCH)
-        .join("libLiteRt.so");
-    lib.exists().then_some(lib)
-}
 
 fn load(name: &str, threads: usize) -> Model {
     let opts = LoadOptions {

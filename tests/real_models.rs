@@ -13,6 +13,9 @@
 
 use std::path::PathBuf;
 
+mod common;
+use common::tflite_library;
+
 use beltbox_core::model::{LoadOptions, Model};
 
 fn packages() -> PathBuf {
@@ -23,17 +26,6 @@ fn packages() -> PathBuf {
         })
 }
 
-/// The LiteRT library fetched by cross/fetch-litert.sh, unless $BELTBOX_LITERT_LIB says otherwise.
-fn tflite_library() -> Option<PathBuf> {
-    if std::env::var_os("BELTBOX_LITERT_LIB").is_some() {
-        return None;
-    }
-    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(".cache/litert")
-        .join(std::env::consts::ARCH)
-        .join("libLiteRt.so");
-    lib.exists().then_some(lib)
-}
 
 fn check(name: &str) {
     let dir = packages().join(name);

@@ -5,6 +5,18 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The LiteRT library fetched by cross/fetch-litert.sh, unless $BELTBOX_LITERT_LIB says otherwise.
+pub fn tflite_library() -> Option<PathBuf> {
+    if std::env::var_os("BELTBOX_LITERT_LIB").is_some() {
+        return None;
+    }
+    let lib = repo()
+        .join(".cache/litert")
+        .join(std::env::consts::ARCH)
+        .join("libLiteRt.so");
+    lib.exists().then_some(lib)
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
