@@ -17,7 +17,6 @@ fn pkg(name: &str) -> PathBuf {
         .join(name)
 }
 
-
 fn load(name: &str, threads: usize) -> Model {
     let opts = LoadOptions {
         threads,

@@ -26,7 +26,6 @@ fn packages() -> PathBuf {
         })
 }
 
-
 fn check(name: &str) {
     let dir = packages().join(name);
     assert!(
