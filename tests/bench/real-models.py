@@ -41,11 +41,9 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     pkgs = args.packages or sorted(p for p in PACKAGES.iterdir() if (p / "manifest.toml").exists())
-    env = dict(os.environ)
     lib = REPO / ".cache/litert" / os.uname().machine / "libLiteRt.so"
     if lib.exists():
-        env.setdefault("BELTBOX_LITERT_LIB", str(lib))
-    os.environ.update(env)
+        os.environ.setdefault("BELTBOX_LITERT_LIB", str(lib))
     rows = []
     for pkg in pkgs:
         bb = str(args.beltbox)

@@ -522,11 +522,7 @@ impl Expansion for QLinearUnary {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_input_arity(inputs, self.arity)?;
-        check_output_arity(outputs, 1)?;
-        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
-        self.x_q.rules(s, inputs, &inputs[0])?;
-        self.y_q.rules(s, inputs, &outputs[0])?;
+        unary_q_rules(s, inputs, outputs, self.arity, &self.x_q, &self.y_q)?;
         s.equals(&outputs[0].shape, &inputs[0].shape)
     }
 

@@ -205,6 +205,24 @@ impl QParams {
     }
 }
 
+/// Inference rules of a one-input, one-output quantised op whose output has the input's type
+/// (`X, x_scale, x_zp?, y_scale, y_zp?`): unary element-wise ops, pooling, softmax. The caller
+/// adds its shape rule.
+fn unary_q_rules<'r, 'p: 'r>(
+    s: &mut Solver<'r>,
+    inputs: &'p [TensorProxy],
+    outputs: &'p [TensorProxy],
+    arity: usize,
+    x_q: &QParams,
+    y_q: &QParams,
+) -> InferenceResult {
+    check_input_arity(inputs, arity)?;
+    check_output_arity(outputs, 1)?;
+    s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
+    x_q.rules(s, inputs, &inputs[0])?;
+    y_q.rules(s, inputs, &outputs[0])
+}
+
 /// Typed-model wires of a scale and optional zero point.
 #[derive(Debug, Clone, Copy)]
 struct Q {
