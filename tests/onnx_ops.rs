@@ -275,6 +275,22 @@ fn run_case_rewritten(name: &str) -> TractResult<Tensor> {
     Ok(outputs.remove(0).into_tensor())
 }
 
+/// The op names of case `name`'s optimised graph (sources and constants left out), loaded
+/// as [`run_case_rewritten`] loads it.
+fn optimised_ops_rewritten(name: &str) -> TractResult<Vec<String>> {
+    let onnx = framework(true);
+    let mut proto = onnx.proto_model_for_path(data_dir().join(format!("{name}.onnx")))?;
+    beltbox_tract::shapes::forget_symbolic_dims(&mut proto);
+    beltbox_tract::qdq::rewrite(&mut proto);
+    let model = onnx.model_for_proto_model(&proto)?.into_optimized()?;
+    Ok(model
+        .nodes()
+        .iter()
+        .map(|n| n.op().name().to_string())
+        .filter(|o| o != "Source" && o != "Const")
+        .collect())
+}
+
 #[test]
 fn qlinear_softmax_u8() {
     check_exact("qlinear_softmax_u8", false);
@@ -307,6 +323,40 @@ fn qdq_hard_swish_u8_is_a_table_and_exact() {
 #[test]
 fn qdq_hard_sigmoid_u8_is_a_table_and_exact() {
     check_exact("qdq_hard_sigmoid_u8", true);
+}
+
+/// Activations written as scalar arithmetic around integer ops (HardSwish as
+/// `x * clip(x + 3) / 6`, SiLU with a float `* 2` and `- 1`): ORT runs QLinearAdd/QLinearMul
+/// and the float scalar ops; beltbox folds each chain into one table. Every code is compared.
+#[test]
+fn qdq_hard_swish_decomposed_u8_is_exact() {
+    check_exact("qdq_hard_swish_decomposed_u8", true);
+}
+
+#[test]
+fn qdq_silu_scalar_arith_i8_is_exact() {
+    check_exact("qdq_silu_scalar_arith_i8", true);
+}
+
+/// The folding must actually happen: each chain is one lookup per element in the plan.
+#[test]
+fn activation_chains_fold_into_one_table() {
+    for name in ["qdq_hard_swish_decomposed_u8", "qdq_silu_scalar_arith_i8"] {
+        let ops = optimised_ops_rewritten(name).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(ops, ["BeltboxQLut"], "{name}: {ops:?}");
+    }
+}
+
+/// Split, nearest Resize and Slice with unchanged parameters run on the codes, bit-exact.
+#[test]
+fn qdq_split_resize_slice_u8_runs_on_codes() {
+    check_exact("qdq_split_resize_slice_u8", true);
+    let ops = optimised_ops_rewritten("qdq_split_resize_slice_u8").expect("loads");
+    assert!(
+        !ops.iter()
+            .any(|o| o.contains("Quantize") || o.contains("Cast")),
+        "{ops:?}"
+    );
 }
 
 #[test]

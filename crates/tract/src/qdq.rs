@@ -16,8 +16,15 @@
 //! | DQ(x) -> Sigmoid / LeakyRelu -> Q | `QLinearSigmoid` / `QLinearLeakyRelu` |
 //! | DQ(x) -> Softmax -> Q | `QLinearSoftmax` (with the model's opset, as ORT's fusion does) |
 //! | DQ(x) -> HardSigmoid / HardSwish -> Q | `BeltboxQHardSigmoid` / `BeltboxQHardSwish` (domain `ai.beltbox`: a 256-entry table of the float group, exact) |
+//! | DQ(x) -> Add / Sub / Mul / Div with a float scalar initializer -> Q | `BeltboxQScalarArith` (`ai.beltbox`, a table too; ORT runs it in float) |
 //! | DQ(x_i)... -> Concat -> Q | `QLinearConcat` |
-//! | DQ(x) -> Flatten / Reshape / Transpose / Squeeze / Unsqueeze / MaxPool -> Q, same params | the op on the integers |
+//! | DQ(x) -> Flatten / Reshape / Transpose / Squeeze / Unsqueeze / MaxPool / Slice / Gather / Expand / Tile / DepthToSpace / SpaceToDepth / Resize (nearest) -> Q, same params | the op on the integers |
+//! | DQ(x) -> Split -> Q on every output, same params | Split on the integers |
+//!
+//! After parsing, the integer element-wise ops fold further in the typed graph
+//! (`onnx_ops::elementwise`): an op whose result is a function of one 8-bit tensor (a scalar
+//! operand, or `x * table(x)` as in SiLU and HardSwish) becomes one 256-entry table, and
+//! consecutive tables compose.
 //!
 //! A group is fused only when the result is the one ONNX Runtime computes: quantisation
 //! parameters are initializers, activations per-tensor, the float op's output feeds only the
@@ -162,8 +169,15 @@ impl<'g> Rewriter<'g> {
                 "Conv" => self.conv(i),
                 "Gemm" => self.gemm(i),
                 "MatMul" => self.binary(i, "QLinearMatMul", ""),
-                "Add" => self.binary(i, "QLinearAdd", "com.microsoft"),
-                "Mul" => self.binary(i, "QLinearMul", "com.microsoft"),
+                "Add" => self
+                    .binary(i, "QLinearAdd", "com.microsoft")
+                    .or_else(|| self.scalar_arith(i)),
+                "Mul" => self
+                    .binary(i, "QLinearMul", "com.microsoft")
+                    .or_else(|| self.scalar_arith(i)),
+                // ORT runs these in float per element; with a scalar constant the group is a
+                // function of one 8-bit code (HardSwish's `/ 6`, YOLO's `* 2`).
+                "Sub" | "Div" => self.scalar_arith(i),
                 "GlobalAveragePool" => {
                     self.unary(i, "QLinearGlobalAveragePool", &[("channels_last", 0)])
                 }
@@ -176,9 +190,17 @@ impl<'g> Rewriter<'g> {
                 "HardSwish" => self.unary_in(i, "BeltboxQHardSwish", BELTBOX_DOMAIN, &[]),
                 "Softmax" => self.softmax(i),
                 "Concat" => self.concat(i),
-                "Flatten" | "Reshape" | "Transpose" | "Squeeze" | "Unsqueeze" | "MaxPool" => {
+                "Flatten" | "Reshape" | "Transpose" | "Squeeze" | "Unsqueeze" | "MaxPool"
+                | "Slice" | "Gather" | "Expand" | "Tile" | "DepthToSpace" | "SpaceToDepth" => {
                     self.passthrough(i)
                 }
+                // Nearest-neighbour resizing only copies values; the other modes interpolate.
+                "Resize"
+                    if string_attr(&self.graph.node[i], "mode").is_none_or(|m| m == "nearest") =>
+                {
+                    self.passthrough(i)
+                }
+                "Split" => self.split(i),
                 _ => None,
             };
             match fused {
@@ -591,6 +613,78 @@ impl<'g> Rewriter<'g> {
         let n = self.graph.node[i].clone();
         let x = self.dq_act(n.input.first()?)?;
         let q = self.q_after(n.output.first()?)?;
+        if !self.same_params(&x, &q)? {
+            return None;
+        }
+        let mut inputs = n.input.clone();
+        inputs[0] = x.q;
+        let (op, domain) = (n.op_type.clone(), n.domain.clone());
+        self.replace(i, &q, &op, &domain, inputs, vec![]);
+        Some(op)
+    }
+
+    /// `DQ(x) -> Add/Sub/Mul/Div with a float scalar initializer -> Q` becomes
+    /// `BeltboxQScalarArith` (a 256-entry table of the float group, exact).
+    fn scalar_arith(&mut self, i: usize) -> Option<String> {
+        let n = self.graph.node[i].clone();
+        if n.input.len() != 2 {
+            return None;
+        }
+        let (x_side, k_side) = if self.dq(&n.input[0]).is_some() {
+            (0, 1)
+        } else {
+            (1, 0)
+        };
+        let k = self.init(&n.input[k_side])?;
+        // Rank 0 or 1 only, so the constant never adds axes to the output.
+        let value = match floats(k)?.as_slice() {
+            [v] if k.dims.len() <= 1 => *v,
+            _ => return None,
+        };
+        let x = self.dq_act(&n.input[x_side])?;
+        let q = self.q_after(n.output.first()?)?;
+        let inputs = vec![x.q, x.scale, x.zp?, q.scale.clone(), q.zp.clone()];
+        let extra = vec![
+            string_attribute("op", &n.op_type),
+            AttributeProto {
+                name: "value".into(),
+                r#type: 1,
+                f: value,
+                ..Default::default()
+            },
+            int_attribute("constant_first", i64::from(k_side == 0)),
+        ];
+        let op = "BeltboxQScalarArith";
+        self.replace(i, &q, op, BELTBOX_DOMAIN, inputs, extra);
+        Some(op.into())
+    }
+
+    /// `DQ(x) -> Split -> Q` on every output, each with x's parameters: Split on the
+    /// integers (the values only move, so the Q undoes the DQ exactly).
+    fn split(&mut self, i: usize) -> Option<String> {
+        let n = self.graph.node[i].clone();
+        let x = self.dq_act(n.input.first()?)?;
+        let mut qs = Vec::new();
+        for out in &n.output {
+            let q = self.q_after(out)?;
+            if !self.same_params(&x, &q)? {
+                return None;
+            }
+            qs.push(q);
+        }
+        let dt = self.init(&qs.first()?.zp).map_or(UINT8, |t| t.data_type);
+        for (old, q) in n.output.iter().zip(&qs) {
+            self.renamed.push((old.clone(), q.out.clone(), dt));
+            self.dead.insert(q.node);
+        }
+        let node = &mut self.graph.node[i];
+        node.input[0] = x.q;
+        node.output = qs.into_iter().map(|q| q.out).collect();
+        Some("Split".into())
+    }
+
+    /// Whether `q` quantises with exactly `x`'s scale and zero point.
+    fn same_params(&self, x: &Dq, q: &Q) -> Option<bool> {
         let same = |a: &str, b: &str| -> Option<bool> {
             let (a, b) = (self.init(a)?, self.init(b)?);
             Some(
@@ -599,14 +693,7 @@ impl<'g> Rewriter<'g> {
                         == floats(b).or_else(|| to_f32(ints(b)?)),
             )
         };
-        if !same(&x.scale, &q.scale)? || !same(x.zp.as_deref()?, &q.zp)? {
-            return None;
-        }
-        let mut inputs = n.input.clone();
-        inputs[0] = x.q;
-        let (op, domain) = (n.op_type.clone(), n.domain.clone());
-        self.replace(i, &q, &op, &domain, inputs, vec![]);
-        Some(op)
+        Some(same(&x.scale, &q.scale)? && same(x.zp.as_deref()?, &q.zp)?)
     }
 
     /// A float op reading a DequantizeLinear output (what the counters call "left in float").
@@ -645,6 +732,22 @@ fn prune_dead_nodes(graph: &mut GraphProto) {
 
 fn int_attr(n: &NodeProto, name: &str) -> Option<i64> {
     n.attribute.iter().find(|a| a.name == name).map(|a| a.i)
+}
+
+fn string_attr(n: &NodeProto, name: &str) -> Option<String> {
+    n.attribute
+        .iter()
+        .find(|a| a.name == name)
+        .map(|a| String::from_utf8_lossy(&a.s).into_owned())
+}
+
+fn string_attribute(name: &str, v: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: 3,
+        s: v.as_bytes().to_vec(),
+        ..Default::default()
+    }
 }
 
 fn int_attribute(name: &str, v: i64) -> AttributeProto {

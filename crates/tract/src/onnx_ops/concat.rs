@@ -136,22 +136,35 @@ impl Expansion for QLinearConcat {
             );
             // ORT copies inputs already in the output quantisation and requantises the others;
             // doing the same keeps those inputs bit-exact and skips needless float work.
-            let same = y_params.is_some() && const_params(model, x_q)? == y_params;
-            if same {
-                parts.push(inputs[*x]);
-            } else {
-                let name = format!("{prefix}.x{ix}");
-                let f = wire_dequantize(model, &format!("{name}.dequant"), inputs[*x], x_q)?;
-                // ORT requantises through a table built with MlasQuantizeLinear (round first).
+            let x_params = const_params(model, x_q)?;
+            let name = format!("{prefix}.x{ix}");
+            // ORT requantises through a table built with MlasQuantizeLinear (round first).
+            let requant = |model: &mut TypedModel, x: OutletId, x_q: Q, y_q: Q| {
+                let f = wire_dequantize(model, &format!("{name}.dequant"), x, x_q)?;
                 let rounding = Rounding::ThenAddZeroPoint;
-                parts.push(wire_quantize(
-                    model,
-                    &format!("{name}.requant"),
-                    f,
-                    y_q,
-                    dt,
-                    rounding,
-                )?);
+                wire_quantize(model, &format!("{name}.requant"), f, y_q, dt, rounding)
+            };
+            match (x_params, y_params) {
+                (Some(xp), Some(yp)) if xp == yp => parts.push(inputs[*x]),
+                // Constant parameters: the requantisation is a function of one code, so run
+                // it once per code at load and look it up (as ORT's table does).
+                (Some((xs, xz)), Some((ys, yz))) => {
+                    let table = elementwise::code_table(dt, |lut, codes| {
+                        let mut k = |n: &str, t: Tensor| lut.add_const(format!("{name}.{n}"), t);
+                        let x_q = Q {
+                            scale: k("x_scale", tensor0(xs))?,
+                            zero_point: Some(k("x_zero_point", tensor0(xz))?),
+                        };
+                        let y_q = Q {
+                            scale: k("y_scale", tensor0(ys))?,
+                            zero_point: Some(k("y_zero_point", tensor0(yz))?),
+                        };
+                        requant(lut, codes, x_q, y_q)
+                    })?;
+                    let op = elementwise::QLut { table };
+                    parts.push(model.wire_node(format!("{name}.requant"), op, &[inputs[*x]])?[0]);
+                }
+                _ => parts.push(requant(model, inputs[*x], x_q, y_q)?),
             }
         }
         model.wire_node(

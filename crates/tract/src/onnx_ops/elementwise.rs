@@ -176,6 +176,31 @@ impl FusedQAdd {
     }
 }
 
+impl FusedQAdd {
+    /// The op's results on two 256-element operands (or one and a scalar), as a table.
+    fn table(&self, operands: TVec<Tensor>) -> TractResult<Arc<[u8; 256]>> {
+        let inputs = operands.into_iter().map(|t| t.into_tvalue()).collect();
+        let out = EvalOp::eval(self, &EvalContext::out_of_plan(), inputs)?;
+        let out = out.first().context("lookup table: no output")?;
+        let table: [u8; 256] = out
+            .as_bytes()
+            .try_into()
+            .map_err(|_| format_err!("lookup table: {} bytes, expected 256", out.len()))?;
+        Ok(Arc::new(table))
+    }
+}
+
+/// The 256 codes (or their images under a table) as a 1-D tensor of `dt` (u8 or i8).
+fn code_tensor(dt: DatumType, bytes: Vec<u8>) -> TractResult<Tensor> {
+    Ok(match dt.unquantized() {
+        DatumType::I8 => {
+            tract_ndarray::Array1::from_iter(bytes.into_iter().map(|b| b as i8)).into_tensor()
+        }
+        DatumType::U8 => tract_ndarray::Array1::from_vec(bytes).into_tensor(),
+        other => bail!("lookup table: {other:?} is not an 8-bit type"),
+    })
+}
+
 /// How MLAS sees one run of the innermost output axis: both operands vary along it, or one
 /// of them is a single value for the whole run (folded into the constant first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,6 +416,83 @@ impl TypedOp for FusedQAdd {
         Ok(tvec!(self.dt.fact(shape)))
     }
 
+    /// Folds the op into a 256-entry [`QLut`] when its result is a function of one 8-bit
+    /// tensor: one operand is a one-element constant (`x + 3` in a HardSwish), or both
+    /// operands derive from the same tensor (`x * table(x)`: SiLU, HardSwish, `x * x`).
+    ///
+    /// The table is this op's own `eval` on the 256 codes, and it takes the same per-element
+    /// path as the graph would (the scalar path when one operand is one element, the
+    /// two-operand path when both vary), so the lookup is exact by construction. Outputs of a
+    /// single element are left alone: there the graph's broadcast path would differ.
+    fn declutter(
+        &self,
+        model: &TypedModel,
+        node: &TypedNode,
+    ) -> TractResult<Option<TypedModelPatch>> {
+        let facts = model.node_input_facts(node.id)?;
+        let out = model.outlet_fact(OutletId::new(node.id, 0))?;
+        let volume = out.shape.as_concrete().map(|s| s.iter().product::<usize>());
+        if volume.is_none_or(|v| v < 2) {
+            return Ok(None);
+        }
+        let codes = |map: Option<&[u8; 256]>| -> TractResult<Tensor> {
+            let bytes: Vec<u8> = (0..=255u8)
+                .map(|c| map.map_or(c, |t| t[c as usize]))
+                .collect();
+            code_tensor(self.dt, bytes)
+        };
+        let (a, b) = (node.inputs[0], node.inputs[1]);
+        // One operand a one-element constant, the other as large as the output.
+        for (var, fixed) in [(0, 1), (1, 0)] {
+            let Some(k) = &facts[fixed].konst else {
+                continue;
+            };
+            if k.len() != 1 || facts[var].shape != out.shape {
+                continue;
+            }
+            let k = k.clone().into_tensor().into_shape(&[])?;
+            let operands = if var == 0 {
+                tvec!(codes(None)?, k)
+            } else {
+                tvec!(k, codes(None)?)
+            };
+            let table = self.table(operands)?;
+            let x = node.inputs[var];
+            return Ok(Some(TypedModelPatch::replace_single_op(
+                model,
+                node,
+                &[x],
+                QLut { table },
+            )?));
+        }
+        // Both operands functions of one tensor x: (x, x), (x, lut(x)) or (lut(x), x).
+        let lut_of = |side: OutletId, of: OutletId| -> Option<Arc<[u8; 256]>> {
+            let n = model.node(side.node);
+            n.op_as::<QLut>()
+                .filter(|_| n.inputs.first() == Some(&of))
+                .map(|l| l.table.clone())
+        };
+        let (x, operands) = if a == b {
+            (a, tvec!(codes(None)?, codes(None)?))
+        } else if let Some(t) = lut_of(b, a) {
+            (a, tvec!(codes(None)?, codes(Some(&t))?))
+        } else if let Some(t) = lut_of(a, b) {
+            (b, tvec!(codes(Some(&t))?, codes(None)?))
+        } else {
+            return Ok(None);
+        };
+        if facts[0].shape != out.shape || facts[1].shape != out.shape {
+            return Ok(None);
+        }
+        let table = self.table(operands)?;
+        Ok(Some(TypedModelPatch::replace_single_op(
+            model,
+            node,
+            &[x],
+            QLut { table },
+        )?))
+    }
+
     as_op!();
 }
 
@@ -443,6 +545,22 @@ enum UnaryKind {
     },
     /// `x * max(0, min(1, x / 6 + 1 / 2))` (ONNX HardSwish).
     HardSwish,
+    /// `x <op> value`, or `value <op> x` when `constant_first` (a float op with a scalar
+    /// constant between a DequantizeLinear and a QuantizeLinear).
+    Scalar {
+        op: ScalarOp,
+        value: f32,
+        constant_first: bool,
+    },
+}
+
+/// The float op of [`UnaryKind::Scalar`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScalarOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
 }
 
 /// Builds `QLinearSigmoid`: inputs `(X, X_scale, X_zp?, Y_scale, Y_zp?)`.
@@ -467,6 +585,29 @@ pub(super) fn q_hard_sigmoid(_ctx: &ParsingContext, node: &NodeProto) -> Builder
 /// Builds `BeltboxQHardSwish` (`crate::qdq`'s fusion of `DQ -> HardSwish -> Q`).
 pub(super) fn q_hard_swish(_ctx: &ParsingContext, node: &NodeProto) -> BuilderResult {
     unary(node, UnaryKind::HardSwish)
+}
+
+/// Builds `BeltboxQScalarArith` (`crate::qdq`'s fusion of `DQ -> Add/Sub/Mul/Div with a
+/// float scalar constant -> Q`, which ORT runs in float): inputs as `QLinearSigmoid`,
+/// attributes `op` (`Add`, `Sub`, `Mul` or `Div`), `value` and `constant_first` (0 or 1).
+pub(super) fn q_scalar_arith(_ctx: &ParsingContext, node: &NodeProto) -> BuilderResult {
+    let op = match node.get_attr::<String>("op")?.as_str() {
+        "Add" => ScalarOp::Add,
+        "Sub" => ScalarOp::Sub,
+        "Mul" => ScalarOp::Mul,
+        "Div" => ScalarOp::Div,
+        other => bail!("BeltboxQScalarArith: op `{other}` is not one of Add, Sub, Mul, Div"),
+    };
+    let value = node.get_attr::<f32>("value")?;
+    let constant_first = node.get_attr_opt::<i64>("constant_first")?.unwrap_or(0) != 0;
+    unary(
+        node,
+        UnaryKind::Scalar {
+            op,
+            value,
+            constant_first,
+        },
+    )
 }
 
 fn unary(node: &NodeProto, kind: UnaryKind) -> BuilderResult {
@@ -505,6 +646,7 @@ impl Expansion for QLinearUnary {
             UnaryKind::LeakyRelu { .. } => "QLinearLeakyRelu".into(),
             UnaryKind::HardSigmoid { .. } => "BeltboxQHardSigmoid".into(),
             UnaryKind::HardSwish => "BeltboxQHardSwish".into(),
+            UnaryKind::Scalar { .. } => "BeltboxQScalarArith".into(),
         }
     }
 
@@ -512,6 +654,11 @@ impl Expansion for QLinearUnary {
         Ok(match self.kind {
             UnaryKind::LeakyRelu { alpha } => vec![format!("alpha: {alpha}")],
             UnaryKind::HardSigmoid { alpha, beta } => vec![format!("alpha: {alpha}, beta: {beta}")],
+            UnaryKind::Scalar {
+                op,
+                value,
+                constant_first,
+            } => vec![format!("{op:?} {value} (constant first: {constant_first})")],
             UnaryKind::Sigmoid | UnaryKind::HardSwish => vec![],
         })
     }
@@ -580,6 +727,21 @@ impl QLinearUnary {
                 let y = wire_with_rank_broadcast(float("min_one"), model, min(), &[y[0], one])?;
                 wire_with_rank_broadcast(float("max_zero"), model, max(), &[y[0], zero])?[0]
             }
+            UnaryKind::Scalar {
+                op,
+                value,
+                constant_first,
+            } => {
+                let k = model.add_const(float("value"), tensor0(value))?;
+                let operands = if constant_first { [k, x] } else { [x, k] };
+                let op = match op {
+                    ScalarOp::Add => add(),
+                    ScalarOp::Sub => sub(),
+                    ScalarOp::Mul => mul(),
+                    ScalarOp::Div => div(),
+                };
+                wire_with_rank_broadcast(float("float"), model, op, &operands)?[0]
+            }
         };
         wire_quantize(model, prefix, y, y_q, dt, Rounding::ThenAddZeroPoint)
     }
@@ -609,46 +771,53 @@ impl QLinearUnary {
                 _ => return Ok(None),
             }
         }
-        let mut lut = TypedModel::default();
-        let codes = lut.add_source("codes", x_dt.fact([256usize]))?;
-        let mut konst = |i: usize, name: &str| -> TractResult<Option<OutletId>> {
-            params[i]
-                .as_ref()
-                .map(|t| lut.add_const(name, t.clone().into_tensor().into_shape(&[])?))
-                .transpose()
-        };
-        let x_q = Q {
-            scale: konst(0, "x_scale")?.context("x_scale")?,
-            zero_point: konst(1, "x_zero_point")?,
-        };
-        let y_q = Q {
-            scale: konst(2, "y_scale")?.context("y_scale")?,
-            zero_point: konst(3, "y_zero_point")?,
-        };
-        let y = self.wire_float(&mut lut, "lut", codes, x_q, y_q, dt)?;
-        lut.select_output_outlets(&[y])?;
-        let bytes: Vec<u8> = (0..=255u8).collect();
-        let input = match x_dt {
-            DatumType::I8 => {
-                tract_ndarray::Array1::from_iter(bytes.iter().map(|&b| b as i8)).into_tensor()
-            }
-            _ => tract_ndarray::Array1::from_vec(bytes).into_tensor(),
-        };
-        let out = lut.into_runnable()?.run(tvec!(input.into_tvalue()))?;
-        let out = out.first().context("lookup table: no output")?;
-        let table: [u8; 256] = out
-            .as_bytes()
-            .try_into()
-            .map_err(|_| format_err!("lookup table: {} bytes, expected 256", out.len()))?;
-        Ok(Some(Arc::new(table)))
+        let table = code_table(x_dt, |lut, codes| {
+            let mut konst = |i: usize, name: &str| -> TractResult<Option<OutletId>> {
+                params[i]
+                    .as_ref()
+                    .map(|t| lut.add_const(name, t.clone().into_tensor().into_shape(&[])?))
+                    .transpose()
+            };
+            let x_q = Q {
+                scale: konst(0, "x_scale")?.context("x_scale")?,
+                zero_point: konst(1, "x_zero_point")?,
+            };
+            let y_q = Q {
+                scale: konst(2, "y_scale")?.context("y_scale")?,
+                zero_point: konst(3, "y_zero_point")?,
+            };
+            self.wire_float(lut, "lut", codes, x_q, y_q, dt)
+        })?;
+        Ok(Some(table))
     }
+}
+
+/// The 256-entry table of a float chain on 8-bit codes of type `x_dt` (codes in byte order):
+/// `build` wires the chain on a source of all 256 codes in a scratch model, which is run
+/// once. The table holds exactly what the chain computes, whatever its rounding.
+pub(super) fn code_table(
+    x_dt: DatumType,
+    build: impl FnOnce(&mut TypedModel, OutletId) -> TractResult<OutletId>,
+) -> TractResult<Arc<[u8; 256]>> {
+    let mut lut = TypedModel::default();
+    let codes = lut.add_source("codes", x_dt.unquantized().fact([256usize]))?;
+    let y = build(&mut lut, codes)?;
+    lut.select_output_outlets(&[y])?;
+    let input = code_tensor(x_dt, (0..=255u8).collect())?;
+    let out = lut.into_runnable()?.run(tvec!(input.into_tvalue()))?;
+    let out = out.first().context("lookup table: no output")?;
+    let table: [u8; 256] = out
+        .as_bytes()
+        .try_into()
+        .map_err(|_| format_err!("lookup table: {} bytes, expected 256", out.len()))?;
+    Ok(Arc::new(table))
 }
 
 /// An 8-bit to 8-bit op that is a function of the input code alone: one table lookup per
 /// element (ORT evaluates its QLinear unary ops the same way).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct QLut {
-    table: Arc<[u8; 256]>,
+pub(super) struct QLut {
+    pub(super) table: Arc<[u8; 256]>,
 }
 
 impl Op for QLut {
@@ -678,6 +847,32 @@ impl TypedOp for QLut {
             .datum_type
             .unquantized()
             .fact(inputs[0].shape.clone())))
+    }
+
+    /// A table of a table is one table: `outer[inner[code]]` (a HardSwish written as
+    /// `Add -> Mul -> Div` ends as one lookup per element).
+    fn declutter(
+        &self,
+        model: &TypedModel,
+        node: &TypedNode,
+    ) -> TractResult<Option<TypedModelPatch>> {
+        let prev = model.node(node.inputs[0].node);
+        let Some(inner) = prev.op_as::<QLut>() else {
+            return Ok(None);
+        };
+        let mut table = [0u8; 256];
+        for (code, out) in table.iter_mut().enumerate() {
+            *out = self.table[inner.table[code] as usize];
+        }
+        let op = QLut {
+            table: Arc::new(table),
+        };
+        Ok(Some(TypedModelPatch::replace_single_op(
+            model,
+            node,
+            &[prev.inputs[0]],
+            op,
+        )?))
     }
 
     as_op!();

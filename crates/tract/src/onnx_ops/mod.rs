@@ -66,6 +66,7 @@ pub fn register(onnx: &mut tract_onnx::Onnx) {
     reg.insert("QLinearSoftmax", softmax::qlinear_softmax);
     reg.insert("BeltboxQHardSigmoid", elementwise::q_hard_sigmoid);
     reg.insert("BeltboxQHardSwish", elementwise::q_hard_swish);
+    reg.insert("BeltboxQScalarArith", elementwise::q_scalar_arith);
 }
 
 /// Signature shared by all op builders (the type tract-onnx's registry stores).
