@@ -134,9 +134,11 @@ impl TractBackend {
         let shape = spec.shape.clone();
         let input_dt = dt(spec.dtype);
         let typed = contain("cannot prepare the ONNX model", move || {
-            model
+            let mut typed = model
                 .with_input_fact(0, InferenceFact::dt_shape(input_dt, shape))?
-                .into_optimized()
+                .into_optimized()?;
+            beltbox_tract::upsample::replace_byte_upsamples(&mut typed)?;
+            Ok(typed)
         })
         .map_err(BackendError::Load)?;
 
