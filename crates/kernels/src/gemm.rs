@@ -34,6 +34,11 @@ pub struct PackedA {
     m: usize,
     k: usize,
     data: Vec<i8>,
+    /// x86_64 only: the same weights widened for the AVX2 kernel, `[m / MR][k / 4][MR][2]`:
+    /// per 4-group, the 16-bit pairs `(w0, w2)` and `(w1, w3)` as one `i32` each, so the
+    /// inner loop broadcasts them as they are instead of sign-extending on every use.
+    #[cfg(target_arch = "x86_64")]
+    wide: Vec<i32>,
     row_sums: Vec<i32>,
 }
 
@@ -53,10 +58,22 @@ impl PackedA {
                 data[((tile * kg + g) * MR + rr) * 4 + t] = v;
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        let wide = data
+            .chunks_exact(4)
+            .flat_map(|w| {
+                let pair = |lo: i8, hi: i8| {
+                    (lo as i16 as u16 as u32 | (hi as i16 as u16 as u32) << 16) as i32
+                };
+                [pair(w[0], w[2]), pair(w[1], w[3])]
+            })
+            .collect();
         PackedA {
             m,
             k,
             data,
+            #[cfg(target_arch = "x86_64")]
+            wide,
             row_sums,
         }
     }
@@ -78,7 +95,11 @@ impl PackedA {
 
     /// Heap bytes held (for the memory plan).
     pub fn bytes(&self) -> usize {
-        self.data.len() + self.row_sums.len() * 4
+        #[cfg(target_arch = "x86_64")]
+        let wide = self.wide.len() * 4;
+        #[cfg(not(target_arch = "x86_64"))]
+        let wide = 0;
+        self.data.len() + wide + self.row_sums.len() * 4
     }
 }
 
@@ -221,8 +242,7 @@ fn gemm_impl(isa: Isa, a: &PackedA, b: &[u8], n: usize, ep: &mut Epilogue) {
         let c0 = p * NR;
         let cols = NR.min(n - c0);
         for t in 0..tiles {
-            let ap = &a.data[t * kg * MR * 4..][..kg * MR * 4];
-            kernel(isa, kg, ap, bp, &mut tile);
+            kernel(isa, kg, a, t, bp, &mut tile);
             for rr in 0..MR.min(a.m - t * MR) {
                 let r = t * MR + rr;
                 let acc = &mut tile[rr * NR..][..cols];
@@ -238,17 +258,23 @@ fn gemm_impl(isa: Isa, a: &PackedA, b: &[u8], n: usize, ep: &mut Epilogue) {
     }
 }
 
-/// One `MR x NR` tile: `tile[r * NR + j] = sum over the kg groups of a . b`.
-fn kernel(isa: Isa, kg: usize, a: &[i8], b: &[u8], tile: &mut [i32; MR * NR]) {
+/// One `MR x NR` tile (row tile `t` of `a`): `tile[r * NR + j] = sum over the kg groups of
+/// a . b`.
+fn kernel(isa: Isa, kg: usize, a: &PackedA, t: usize, b: &[u8], tile: &mut [i32; MR * NR]) {
+    let ap = &a.data[t * kg * MR * 4..][..kg * MR * 4];
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512Vnni`/`Isa::Avx2` are only produced after runtime detection
-        // confirmed the features; `a`/`b` hold exactly `kg` packed groups (sliced by `gemm`).
-        Isa::Avx512Vnni => unsafe { x86::tile_vnni(kg, a.as_ptr(), b.as_ptr(), tile) },
+        // confirmed the features; `ap`/`b` hold exactly `kg` packed groups (sliced here and
+        // by `gemm`).
+        Isa::Avx512Vnni => unsafe { x86::tile_vnni(kg, ap.as_ptr(), b.as_ptr(), tile) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { x86::tile_avx2(kg, a.as_ptr(), b.as_ptr(), tile) },
-        _ => tile_portable(kg, a, b, tile),
+        Isa::Avx2 => {
+            let wide = &a.wide[t * kg * MR * 2..][..kg * MR * 2];
+            // SAFETY: as above; `wide` holds the same `kg` groups widened.
+            unsafe { x86::tile_avx2(kg, wide.as_ptr(), b.as_ptr(), tile) }
+        }
+        _ => tile_portable(kg, ap, b, tile),
     }
 }
 
@@ -396,12 +422,12 @@ mod x86 {
     /// Exact AVX2 version: the tile as four 4 x 16 blocks.
     ///
     /// # Safety
-    /// `a` and `b` point to `kg` packed groups (MR*4 and NR*4 readable bytes each); the CPU
-    /// has AVX2.
+    /// `a` points to `kg` widened groups (MR*2 readable `i32` each, [`PackedA`]'s `wide`) and
+    /// `b` to `kg` packed groups (NR*4 readable bytes each); the CPU has AVX2.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn tile_avx2(
         kg: usize,
-        a: *const i8,
+        a: *const i32,
         b: *const u8,
         tile: &mut [i32; MR * NR],
     ) {
@@ -412,7 +438,7 @@ mod x86 {
                 unsafe {
                     block_4x16(
                         kg,
-                        a.add(rh * 16),
+                        a.add(rh * 4 * 2),
                         b.add(ch * 64),
                         c.add(rh * 4 * NR + ch * 16),
                     )
@@ -422,14 +448,15 @@ mod x86 {
     }
 
     /// Bytes 0 and 2 of each 32-bit lane of B zero-extended to 16 bits (`and 0x00ff`), bytes 1
-    /// and 3 by a logical shift; A's bytes sign-extended the same way; two `vpmaddwd` give the
-    /// lane's four products summed, exactly.
+    /// and 3 by a logical shift; A arrives widened the same way (`(w0, w2)`, `(w1, w3)`); two
+    /// `vpmaddwd` give the lane's four products summed, exactly.
     ///
     /// # Safety
-    /// `a`/`b` point to `kg` packed groups (rows of one 4-row block of A, 16 columns of B,
-    /// at the tile's strides) and `c` to a 4 x NR block of writable `i32`s; the CPU has AVX2.
+    /// `a`/`b` point to `kg` packed groups (rows of one 4-row block of widened A, 16 columns
+    /// of B, at the tile's strides) and `c` to a 4 x NR block of writable `i32`s; the CPU has
+    /// AVX2.
     #[target_feature(enable = "avx2")]
-    unsafe fn block_4x16(kg: usize, a: *const i8, b: *const u8, c: *mut i32) {
+    unsafe fn block_4x16(kg: usize, a: *const i32, b: *const u8, c: *mut i32) {
         let mask = _mm256_set1_epi16(0x00ff);
         let mut acc = [[_mm256_setzero_si256(); 2]; 4];
         for g in 0..kg {
@@ -440,11 +467,10 @@ mod x86 {
                 let v1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
                 let (lo0, hi0) = (_mm256_and_si256(v0, mask), _mm256_srli_epi16(v0, 8));
                 let (lo1, hi1) = (_mm256_and_si256(v1, mask), _mm256_srli_epi16(v1, 8));
-                let ap = a.add(g * MR * 4);
+                let ap = a.add(g * MR * 2);
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let w = _mm256_set1_epi32((ap.add(r * 4) as *const i32).read_unaligned());
-                    let w02 = _mm256_srai_epi16(_mm256_slli_epi16(w, 8), 8);
-                    let w13 = _mm256_srai_epi16(w, 8);
+                    let w02 = _mm256_set1_epi32(ap.add(r * 2).read());
+                    let w13 = _mm256_set1_epi32(ap.add(r * 2 + 1).read());
                     let s0 =
                         _mm256_add_epi32(_mm256_madd_epi16(lo0, w02), _mm256_madd_epi16(hi0, w13));
                     let s1 =

@@ -604,11 +604,32 @@ fn im2col(g: &Geometry, src: &[u8], cg: usize, pad: u8, out: &mut Vec<u8>) {
                         continue;
                     }
                     let line = &plane[iy as usize * g.w..][..g.w];
-                    for ox in 0..ow {
-                        let ix =
-                            (ox * g.stride.1 + kx * g.dilation.1) as isize - g.pads[1] as isize;
-                        if ix >= 0 && (ix as usize) < g.w {
-                            dst[oy * ow + ox] = line[ix as usize];
+                    // The columns whose tap lands inside the row, computed once instead of a
+                    // branch per byte (this loop was ~40 % of a YOLOv8n INT8 frame): the
+                    // first `ox` with `ox * s + shift >= 0`, the last with `< w`.
+                    let (s, shift) = (
+                        g.stride.1,
+                        (kx * g.dilation.1) as isize - g.pads[1] as isize,
+                    );
+                    let before = if shift >= 0 { 0 } else { (-shift) as usize };
+                    let first = before.div_ceil(s);
+                    let last = g.w as isize - 1 - shift;
+                    let end = if last < 0 {
+                        0
+                    } else {
+                        (last as usize / s + 1).min(ow)
+                    };
+                    if first >= end {
+                        continue;
+                    }
+                    let start = (first * s) as isize + shift;
+                    let dst = &mut dst[oy * ow + first..oy * ow + end];
+                    let from = &line[start as usize..];
+                    if s == 1 {
+                        dst.copy_from_slice(&from[..dst.len()]);
+                    } else {
+                        for (d, v) in dst.iter_mut().zip(from.iter().step_by(s)) {
+                            *d = *v;
                         }
                     }
                 }
