@@ -194,9 +194,12 @@ impl<'g> Rewriter<'g> {
                 | "Slice" | "Gather" | "Expand" | "Tile" | "DepthToSpace" | "SpaceToDepth" => {
                     self.passthrough(i)
                 }
-                // Nearest-neighbour resizing only copies values; the other modes interpolate.
+                // Nearest-neighbour resizing only copies values; the other modes interpolate,
+                // and tf_crop_and_resize writes a float extrapolation value the codes lack.
                 "Resize"
-                    if string_attr(&self.graph.node[i], "mode").is_none_or(|m| m == "nearest") =>
+                    if string_attr(&self.graph.node[i], "mode").is_none_or(|m| m == "nearest")
+                        && string_attr(&self.graph.node[i], "coordinate_transformation_mode")
+                            .is_none_or(|m| m != "tf_crop_and_resize") =>
                 {
                     self.passthrough(i)
                 }

@@ -180,14 +180,18 @@ impl FusedQAdd {
     /// The op's results on two 256-element operands (or one and a scalar), as a table.
     fn table(&self, operands: TVec<Tensor>) -> TractResult<Arc<[u8; 256]>> {
         let inputs = operands.into_iter().map(|t| t.into_tvalue()).collect();
-        let out = EvalOp::eval(self, &EvalContext::out_of_plan(), inputs)?;
-        let out = out.first().context("lookup table: no output")?;
-        let table: [u8; 256] = out
-            .as_bytes()
-            .try_into()
-            .map_err(|_| format_err!("lookup table: {} bytes, expected 256", out.len()))?;
-        Ok(Arc::new(table))
+        table_from(EvalOp::eval(self, &EvalContext::out_of_plan(), inputs)?)
     }
+}
+
+/// The single output of a run over the 256 codes, as a table.
+fn table_from(outputs: TVec<TValue>) -> TractResult<Arc<[u8; 256]>> {
+    let out = outputs.first().context("lookup table: no output")?;
+    let table: [u8; 256] = out
+        .as_bytes()
+        .try_into()
+        .map_err(|_| format_err!("lookup table: {} bytes, expected 256", out.len()))?;
+    Ok(Arc::new(table))
 }
 
 /// The 256 codes (or their images under a table) as a 1-D tensor of `dt` (u8 or i8).
@@ -804,13 +808,7 @@ pub(super) fn code_table(
     let y = build(&mut lut, codes)?;
     lut.select_output_outlets(&[y])?;
     let input = code_tensor(x_dt, (0..=255u8).collect())?;
-    let out = lut.into_runnable()?.run(tvec!(input.into_tvalue()))?;
-    let out = out.first().context("lookup table: no output")?;
-    let table: [u8; 256] = out
-        .as_bytes()
-        .try_into()
-        .map_err(|_| format_err!("lookup table: {} bytes, expected 256", out.len()))?;
-    Ok(Arc::new(table))
+    table_from(lut.into_runnable()?.run(tvec!(input.into_tvalue()))?)
 }
 
 /// An 8-bit to 8-bit op that is a function of the input code alone: one table lookup per
