@@ -528,11 +528,17 @@ pub fn accepted_forms(spec: &InputSpec) -> String {
     if spec.dtype.is_quantized() {
         forms.push(format!("FP32 {:?} (quantised by the server)", spec.shape));
     }
-    forms.push(
-        "UINT8 image [H, W], [H, W, C] or [1, H, W, C] with C 1 or 3 (resized and normalised)"
-            .into(),
-    );
-    forms.push("BYTES [1]: a PNG, PGM or NPY file".into());
+    // Images only where the manifest says how to turn one into the tensor; a tensor-only
+    // input refuses them (naming the input), so it must not advertise them either.
+    if spec.preprocess.is_some() {
+        forms.push(
+            "UINT8 image [H, W], [H, W, C] or [1, H, W, C] with C 1 or 3 (resized and normalised)"
+                .into(),
+        );
+        forms.push("BYTES [1]: a PNG, PGM or NPY file".into());
+    } else {
+        forms.push("BYTES [1]: an NPY file".into());
+    }
     forms.join("; ")
 }
 
@@ -716,6 +722,38 @@ mod tests {
 
     fn dec(json: &str) -> Result<InferRequest, KserveError> {
         decode_request(json.as_bytes(), &[], &L)
+    }
+
+    fn input_spec(preprocess: Option<beltbox_core::manifest::Preprocess>) -> InputSpec {
+        InputSpec {
+            name: "x".into(),
+            shape: vec![1, 3, 8, 8],
+            dtype: DType::Float32,
+            layout: Default::default(),
+            preprocess,
+            quantization: None,
+        }
+    }
+
+    /// Metadata offers images only to inputs with `preprocess` (a tensor-only input
+    /// refuses them, so advertising them was wrong).
+    #[test]
+    fn accepted_forms_offer_images_only_with_preprocess() {
+        let tensor_only = accepted_forms(&input_spec(None));
+        assert!(!tensor_only.contains("image"), "{tensor_only}");
+        assert!(!tensor_only.contains("PNG"), "{tensor_only}");
+        assert!(tensor_only.contains("NPY"), "{tensor_only}");
+        let image = accepted_forms(&input_spec(Some(beltbox_core::manifest::Preprocess {
+            resize: [8, 8],
+            resize_mode: Default::default(),
+            pad: 0.0,
+            color: beltbox_core::manifest::Color::Rgb,
+            scale: 1.0,
+            mean: vec![0.0; 3],
+            std: vec![1.0; 3],
+        })));
+        assert!(image.contains("UINT8 image"), "{image}");
+        assert!(image.contains("PNG"), "{image}");
     }
 
     #[test]
