@@ -257,32 +257,31 @@ fn check_exact(name: &str, rewrite_qdq: bool) {
 }
 
 /// Loads case `name` the way the runtime does: symbolic dims forgotten and QDQ groups
-/// rewritten into QLinear ops before tract parses the graph.
-fn run_case_rewritten(name: &str) -> TractResult<Tensor> {
+/// rewritten into QLinear ops before tract parses the graph; optimised, with the rewrite's
+/// counts.
+fn load_rewritten(name: &str) -> TractResult<(TypedModel, beltbox_tract::qdq::Stats)> {
     let onnx = framework(true);
     let mut proto = onnx.proto_model_for_path(data_dir().join(format!("{name}.onnx")))?;
     beltbox_tract::shapes::forget_symbolic_dims(&mut proto);
     let stats = beltbox_tract::qdq::rewrite(&mut proto);
+    let model = onnx.model_for_proto_model(&proto)?.into_optimized()?;
+    Ok((model, stats))
+}
+
+/// Runs case `name` loaded by [`load_rewritten`]; every QDQ group must have been fused.
+fn run_case_rewritten(name: &str) -> TractResult<Tensor> {
+    let (model, stats) = load_rewritten(name)?;
     ensure!(
         stats.left_float.is_empty(),
         "{name}: left in float: {stats:?}"
     );
-    let model = onnx
-        .model_for_proto_model(&proto)?
-        .into_optimized()?
-        .into_runnable()?;
-    let mut outputs = model.run(case_inputs(name)?)?;
+    let mut outputs = model.into_runnable()?.run(case_inputs(name)?)?;
     Ok(outputs.remove(0).into_tensor())
 }
 
-/// The op names of case `name`'s optimised graph (sources and constants left out), loaded
-/// as [`run_case_rewritten`] loads it.
+/// The op names of case `name`'s optimised graph (sources and constants left out).
 fn optimised_ops_rewritten(name: &str) -> TractResult<Vec<String>> {
-    let onnx = framework(true);
-    let mut proto = onnx.proto_model_for_path(data_dir().join(format!("{name}.onnx")))?;
-    beltbox_tract::shapes::forget_symbolic_dims(&mut proto);
-    beltbox_tract::qdq::rewrite(&mut proto);
-    let model = onnx.model_for_proto_model(&proto)?.into_optimized()?;
+    let (model, _) = load_rewritten(name)?;
     Ok(model
         .nodes()
         .iter()

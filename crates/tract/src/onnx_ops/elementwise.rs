@@ -174,13 +174,20 @@ impl FusedQAdd {
             dt,
         }))
     }
-}
 
-impl FusedQAdd {
-    /// The op's results on two 256-element operands (or one and a scalar), as a table.
-    fn table(&self, operands: TVec<Tensor>) -> TractResult<Arc<[u8; 256]>> {
+    /// Replaces `node` by the table of this op's results on `operands` (two 256-element
+    /// operands, or one and a scalar), applied to `x`.
+    fn lut_patch(
+        &self,
+        model: &TypedModel,
+        node: &TypedNode,
+        x: OutletId,
+        operands: TVec<Tensor>,
+    ) -> TractResult<Option<TypedModelPatch>> {
         let inputs = operands.into_iter().map(|t| t.into_tvalue()).collect();
-        table_from(EvalOp::eval(self, &EvalContext::out_of_plan(), inputs)?)
+        let table = table_from(EvalOp::eval(self, &EvalContext::out_of_plan(), inputs)?)?;
+        let patch = TypedModelPatch::replace_single_op(model, node, &[x], QLut { table })?;
+        Ok(Some(patch))
     }
 }
 
@@ -460,14 +467,7 @@ impl TypedOp for FusedQAdd {
             } else {
                 tvec!(k, codes(None)?)
             };
-            let table = self.table(operands)?;
-            let x = node.inputs[var];
-            return Ok(Some(TypedModelPatch::replace_single_op(
-                model,
-                node,
-                &[x],
-                QLut { table },
-            )?));
+            return self.lut_patch(model, node, node.inputs[var], operands);
         }
         // Both operands functions of one tensor x: (x, x), (x, lut(x)) or (lut(x), x).
         let lut_of = |side: OutletId, of: OutletId| -> Option<Arc<[u8; 256]>> {
@@ -476,6 +476,9 @@ impl TypedOp for FusedQAdd {
                 .filter(|_| n.inputs.first() == Some(&of))
                 .map(|l| l.table.clone())
         };
+        if facts[0].shape != out.shape || facts[1].shape != out.shape {
+            return Ok(None);
+        }
         let (x, operands) = if a == b {
             (a, tvec!(codes(None)?, codes(None)?))
         } else if let Some(t) = lut_of(b, a) {
@@ -485,16 +488,7 @@ impl TypedOp for FusedQAdd {
         } else {
             return Ok(None);
         };
-        if facts[0].shape != out.shape || facts[1].shape != out.shape {
-            return Ok(None);
-        }
-        let table = self.table(operands)?;
-        Ok(Some(TypedModelPatch::replace_single_op(
-            model,
-            node,
-            &[x],
-            QLut { table },
-        )?))
+        self.lut_patch(model, node, x, operands)
     }
 
     as_op!();
