@@ -10,7 +10,7 @@
 //! | [`cpu`], [`procfs`] | CPU features, RSS / VmHWM | /proc |
 //! | [`npy`], [`image`] | `.npy`, PGM and PNG decoding with limits | bytes |
 //! | [`manifest`] | strict `manifest.toml` parsing and validation | no |
-//! | [`preprocess`], [`postprocess`] | input bytes -> model tensor; outputs -> classes | no |
+//! | [`preprocess`], [`postprocess`], [`detect`] | input bytes -> model tensor; outputs -> classes; detection heads -> boxes after NMS | no |
 //! | [`board`] | board profiles (`boards/*.toml`, compiled in), detection from the device tree | /proc, /sys |
 //! | [`memory`] | RAM plan, budgets, "fits alongside?", counting allocator, admission gate | no |
 //! | [`model`] | package verification, backends (tract, LiteRT), golden self-check, `Model` | files, tract, C |
@@ -21,6 +21,7 @@
 
 pub mod board;
 pub mod cpu;
+pub mod detect;
 pub mod image;
 pub mod manifest;
 pub mod memory;

@@ -37,6 +37,8 @@ pub struct Manifest {
     /// The model's input, from `[input]` or the one table of `[[inputs]]`.
     pub input: InputSpec,
     pub outputs: Vec<OutputSpec>,
+    /// How `task = "detection"` outputs decode into boxes.
+    pub detection: Option<DetectionSpec>,
     pub budgets: Budgets,
     pub accuracy: Option<Accuracy>,
     pub golden: Golden,
@@ -57,6 +59,7 @@ struct RawManifest {
     input: Option<InputSpec>,
     inputs: Option<Vec<InputSpec>>,
     outputs: Vec<OutputSpec>,
+    detection: Option<DetectionSpec>,
     budgets: Budgets,
     accuracy: Option<Accuracy>,
     golden: Golden,
@@ -89,6 +92,7 @@ impl TryFrom<RawManifest> for Manifest {
             model: r.model,
             input,
             outputs: r.outputs,
+            detection: r.detection,
             budgets: r.budgets,
             accuracy: r.accuracy,
             golden: r.golden,
@@ -232,7 +236,98 @@ pub struct Preprocess {
 #[serde(rename_all = "lowercase")]
 pub enum Task {
     Classification,
+    /// Read by the package's `[detection]` head: boxes, scores and classes after NMS.
+    Detection,
     Raw,
+}
+
+/// `[detection]`: how the `task = "detection"` outputs become boxes (docs/model-package.md,
+/// "Detection"). Boxes are reported in the source image's pixels, the preprocessing's
+/// resize or letterbox undone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectionSpec {
+    pub head: DetectionHead,
+    /// The outputs the head reads, by name, in the order the head defines (see
+    /// [`DetectionHead`]). Each must be an output with `task = "detection"`.
+    pub outputs: Vec<String>,
+    /// Number of object classes the head scores.
+    pub classes: usize,
+    /// One label per class (a package file), for the reported `label`.
+    pub labels: Option<String>,
+    /// How a box's four numbers are laid out (`yolo` and `boxes-scores`; PicoDet's
+    /// distances decode to corners). Default `cxcywh` for `yolo`, `xyxy` otherwise.
+    pub box_format: Option<BoxFormat>,
+    /// `boxes-scores`: box coordinates are fractions of the tensor's width/height (SSD)
+    /// rather than tensor pixels.
+    #[serde(default)]
+    pub normalized: bool,
+    /// What the class scores are; `logits` go through a sigmoid. Default `probabilities`.
+    #[serde(default)]
+    pub score_activation: ScoreActivation,
+    /// Detections scoring below this are dropped before NMS (default 0.25).
+    #[serde(default = "default_score_threshold")]
+    pub score_threshold: f32,
+    /// NMS drops a box overlapping a better one of its class by more than this IoU
+    /// (default 0.45).
+    #[serde(default = "default_iou_threshold")]
+    pub iou_threshold: f32,
+    /// At most this many detections, best first (default 100).
+    #[serde(default = "default_max_detections")]
+    pub max_detections: usize,
+    /// NMS across classes rather than per class (default false).
+    #[serde(default)]
+    pub class_agnostic: bool,
+    /// `picodet`: the feature strides, one per (scores, distances) output pair.
+    pub strides: Option<Vec<usize>>,
+}
+
+fn default_score_threshold() -> f32 {
+    0.25
+}
+fn default_iou_threshold() -> f32 {
+    0.45
+}
+fn default_max_detections() -> usize {
+    100
+}
+
+/// Detection head layouts beltbox decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DetectionHead {
+    /// One output of candidates, `[1, 4 + classes, N]` (YOLOv8 and later) or
+    /// `[1, N, 4 + classes]`. Boxes in tensor pixels.
+    Yolo,
+    /// YOLOv5/v7: `[1, N, 5 + classes]` (or transposed), an objectness column after the
+    /// box; a candidate's score is objectness x class score.
+    YoloObjectness,
+    /// Two outputs, decoded boxes `[1, N, 4]` then scores `[1, N, classes]` or
+    /// `[1, classes, N]` (SSD / PicoDet exported with its decoder).
+    BoxesScores,
+    /// PicoDet / GFL without its decoder: for each stride a scores output
+    /// `[1, H*W, classes]`, then for each stride a distance output `[1, H*W, 4*(reg_max+1)]`
+    /// (all scores outputs first, strides in `strides` order).
+    Picodet,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BoxFormat {
+    /// Centre x, centre y, width, height.
+    Cxcywh,
+    /// Left, top, right, bottom.
+    Xyxy,
+    /// Top, left, bottom, right (TensorFlow's order).
+    Yxyx,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScoreActivation {
+    #[default]
+    Probabilities,
+    Logits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -417,6 +512,9 @@ impl Manifest {
                 v.push(("outputs.labels", l.as_str()));
             }
         }
+        if let Some(l) = self.detection.as_ref().and_then(|d| d.labels.as_ref()) {
+            v.push(("detection.labels", l.as_str()));
+        }
         for s in &self.golden.samples {
             v.push(("golden.samples.input", s.input.as_str()));
             for o in &s.outputs {
@@ -535,6 +633,7 @@ impl Manifest {
                 ));
             }
         }
+        check_detection(&invalid, self)?;
         if self.budgets.ram_mib == 0 {
             return Err(invalid("budgets.ram_mib", "must be positive".into()));
         }
@@ -604,6 +703,121 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// `[detection]` against the outputs: present iff some output has `task = "detection"`,
+/// naming exactly those outputs, with what its head needs.
+fn check_detection(
+    invalid: &dyn Fn(&str, String) -> ManifestError,
+    m: &Manifest,
+) -> Result<(), ManifestError> {
+    let detection_outputs: Vec<&OutputSpec> = m
+        .outputs
+        .iter()
+        .filter(|o| o.task == Task::Detection)
+        .collect();
+    let Some(d) = &m.detection else {
+        return match detection_outputs.first() {
+            Some(o) => Err(invalid(
+                "detection",
+                format!(
+                    "output `{}` has task = \"detection\" but there is no `[detection]` section \
+                     saying how to decode it",
+                    o.name
+                ),
+            )),
+            None => Ok(()),
+        };
+    };
+    for name in &d.outputs {
+        match m.outputs.iter().find(|o| &o.name == name) {
+            None => {
+                return Err(invalid(
+                    "detection.outputs",
+                    format!("`{name}` is not one of the model's `[[outputs]]`"),
+                ))
+            }
+            Some(o) if o.task != Task::Detection => {
+                return Err(invalid(
+                    "detection.outputs",
+                    format!("output `{name}` must have task = \"detection\""),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(o) = detection_outputs.iter().find(|o| !d.outputs.contains(&o.name)) {
+        return Err(invalid(
+            "detection.outputs",
+            format!(
+                "does not list `{}`, which has task = \"detection\"",
+                o.name
+            ),
+        ));
+    }
+    let want = match d.head {
+        DetectionHead::Yolo | DetectionHead::YoloObjectness => Some(1),
+        DetectionHead::BoxesScores => Some(2),
+        DetectionHead::Picodet => None,
+    };
+    match (want, &d.strides) {
+        (Some(n), _) if d.outputs.len() != n => {
+            return Err(invalid(
+                "detection.outputs",
+                format!("head {:?} reads {n} output(s), {} are listed", d.head, d.outputs.len()),
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "detection.strides",
+                "only the `picodet` head has strides".into(),
+            ))
+        }
+        (None, None) => {
+            return Err(invalid(
+                "detection.strides",
+                "the `picodet` head needs its feature strides, e.g. [8, 16, 32, 64]".into(),
+            ))
+        }
+        (None, Some(s)) if s.is_empty() || d.outputs.len() != 2 * s.len() => {
+            return Err(invalid(
+                "detection.outputs",
+                format!(
+                    "the `picodet` head reads a scores and a distances output per stride: \
+                     {} strides need {} outputs, {} are listed",
+                    s.len(),
+                    2 * s.len(),
+                    d.outputs.len()
+                ),
+            ))
+        }
+        (None, Some(s)) if s.contains(&0) => {
+            return Err(invalid("detection.strides", "strides must be positive".into()))
+        }
+        _ => {}
+    }
+    if d.classes == 0 {
+        return Err(invalid("detection.classes", "must be at least 1".into()));
+    }
+    if !(d.score_threshold.is_finite() && (0.0..=1.0).contains(&d.score_threshold)) {
+        return Err(invalid(
+            "detection.score_threshold",
+            format!("{} must be within 0..=1", d.score_threshold),
+        ));
+    }
+    if !(d.iou_threshold.is_finite() && (0.0..=1.0).contains(&d.iou_threshold)) {
+        return Err(invalid(
+            "detection.iou_threshold",
+            format!("{} must be within 0..=1", d.iou_threshold),
+        ));
+    }
+    if d.max_detections == 0 || d.max_detections > 10_000 {
+        return Err(invalid(
+            "detection.max_detections",
+            format!("{} must be within 1..=10000", d.max_detections),
+        ));
+    }
+    Ok(())
 }
 
 /// An image input's preprocessing against its tensor shape.

@@ -11,7 +11,7 @@ const ORDER: &[&[&str]] = &[
     &["cpu", "procfs"],
     &["npy", "image"],
     &["manifest"],
-    &["preprocess", "postprocess"],
+    &["preprocess", "postprocess", "detect"],
     &["board"],
     &["memory"],
     &["model"],
