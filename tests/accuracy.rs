@@ -76,7 +76,7 @@ fn correct(name: &str, opts: &LoadOptions, split: &[(Vec<u8>, usize)]) -> usize 
     let mut wrong = Vec::new();
     for (i, (pgm, label)) in split.iter().enumerate() {
         let r = model
-            .infer(pgm, InputKind::Auto, 1)
+            .infer(&[(pgm, InputKind::Auto)], 1)
             .unwrap_or_else(|e| panic!("{name}: held-out sample {i}: {e}"));
         let top1 = r
             .classes

@@ -69,8 +69,8 @@ fn digits_two_threads_agree_with_one() {
     let a = load("digits-int8-qoperator", 1);
     let b = load("digits-int8-qoperator", 2);
     let bytes = std::fs::read(pkg("digits-int8-qoperator").join("golden/004.pgm")).unwrap();
-    let ra = a.infer(&bytes, InputKind::Auto, 10).unwrap();
-    let rb = b.infer(&bytes, InputKind::Auto, 10).unwrap();
+    let ra = a.infer(&[(&bytes[..], InputKind::Auto)], 10).unwrap();
+    let rb = b.infer(&[(&bytes[..], InputKind::Auto)], 10).unwrap();
     assert_eq!(ra.outputs, rb.outputs);
 }
 

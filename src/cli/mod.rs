@@ -50,9 +50,10 @@ it, quantised outputs as integers), to compare with your own reference."
     Infer {
         #[command(flatten)]
         model: ModelArgs,
-        /// Input file (PNG, PGM, .npy, .raw/.bin).
-        #[arg(long, value_name = "FILE")]
-        input: PathBuf,
+        /// Input file (PNG, PGM, .npy, .raw/.bin); for a model with several inputs, one
+        /// `--input NAME=FILE` per input.
+        #[arg(long, value_name = "[NAME=]FILE", required = true)]
+        input: Vec<String>,
         /// How many classes to report.
         #[arg(long, default_value_t = 5, value_name = "K")]
         top_k: usize,
@@ -81,9 +82,10 @@ integers vs touching floats), profile[] (with --profile: op, nodes, ms_per_run, 
         /// Unmeasured runs first (caches, allocator, CPU frequency).
         #[arg(long, default_value_t = 5, value_name = "N")]
         warmup: u32,
-        /// Input file instead of the first golden input.
-        #[arg(long, value_name = "FILE")]
-        input: Option<PathBuf>,
+        /// Input file instead of the first golden sample (`NAME=FILE`, once per input, for
+        /// a model with several inputs).
+        #[arg(long, value_name = "[NAME=]FILE")]
+        input: Vec<String>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -166,6 +168,8 @@ pub enum CliError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("--input: {0}")]
+    InputArgs(String),
     #[error("model package `{0}` not found: give a package directory or the name of one in $BELTBOX_MODELS_DIR, ./models or /usr/share/beltbox/models")]
     ModelNotFound(String),
     #[error("cannot write output: {0}")]
@@ -255,7 +259,7 @@ pub fn main() -> ExitCode {
             &model,
             runs as usize,
             warmup as usize,
-            input.as_deref(),
+            &input,
             json,
             profile.unwrap_or(0) as usize,
         ),
@@ -297,6 +301,88 @@ fn read_input(path: &Path) -> Result<Vec<u8>, CliError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// One input file read from disk, for the manifest input it feeds.
+struct InputFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    kind: InputKind,
+}
+
+/// `--input` values -> one file per manifest input, in manifest order. A single-input model
+/// takes a bare `FILE`; every input may be given as `NAME=FILE` (the form a model with
+/// several inputs needs).
+fn read_inputs(
+    m: &beltbox_core::manifest::Manifest,
+    args: &[String],
+) -> Result<Vec<InputFile>, CliError> {
+    let names: Vec<&str> = m.inputs.iter().map(|i| i.name.as_str()).collect();
+    let mut paths: Vec<Option<PathBuf>> = vec![None; names.len()];
+    for arg in args {
+        // `NAME=FILE` only when NAME is one of the model's inputs: a path may hold `=`.
+        let named = arg
+            .split_once('=')
+            .and_then(|(n, f)| names.iter().position(|x| *x == n).map(|i| (i, f)));
+        let (slot, file) = match (named, names.len()) {
+            (Some((i, f)), _) => (i, f),
+            (None, 1) => (0, arg.as_str()),
+            (None, _) => {
+                return Err(CliError::InputArgs(format!(
+                    "`{arg}`: model `{}` has {} inputs ({}); give each as NAME=FILE",
+                    m.name,
+                    names.len(),
+                    names.join(", ")
+                )))
+            }
+        };
+        if paths[slot].is_some() {
+            return Err(CliError::InputArgs(format!(
+                "input `{}` is given twice",
+                names[slot]
+            )));
+        }
+        paths[slot] = Some(PathBuf::from(file));
+    }
+    names
+        .iter()
+        .zip(paths)
+        .map(|(name, p)| {
+            let path = p.ok_or_else(|| {
+                CliError::InputArgs(format!(
+                    "no file for input `{name}` of model `{}` (inputs: {})",
+                    m.name,
+                    names.join(", ")
+                ))
+            })?;
+            let bytes = read_input(&path)?;
+            let kind = InputKind::from_file_name(&path.to_string_lossy());
+            Ok(InputFile { path, bytes, kind })
+        })
+        .collect()
+}
+
+/// A preprocessing error names the file it came from (the model error alone says only
+/// "input: ..."); anything else stays a model error.
+fn name_input_file(e: ModelError, files: &[InputFile]) -> CliError {
+    match e {
+        ModelError::Input(p) => {
+            let path = match files {
+                [one] => one.path.clone(),
+                many => PathBuf::from(
+                    many.iter()
+                        .map(|f| f.path.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+            };
+            CliError::Input {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, p.to_string()),
+            }
+        }
+        other => other.into(),
+    }
 }
 
 fn emit(text: &str) -> Result<(), CliError> {
@@ -341,25 +427,23 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 
 fn infer(
     args: &ModelArgs,
-    input: &Path,
+    input: &[String],
     top_k: usize,
     json: bool,
     output_npy: Option<&Path>,
 ) -> Result<(), CliError> {
     let model = load(args)?;
-    let bytes = read_input(input)?;
-    let kind = InputKind::from_file_name(&input.to_string_lossy());
-    let result = model
-        .infer(&bytes, kind, top_k.max(1))
-        .map_err(|e| match e {
-            // Name the offending file: the model error alone says only "input: ...".
-            ModelError::Input(p) => CliError::Input {
-                path: input.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, p.to_string()),
-            },
-            other => other.into(),
-        })?;
     let m = model.manifest();
+    let files = read_inputs(m, input)?;
+    let refs: Vec<(&[u8], InputKind)> = files.iter().map(|f| (&f.bytes[..], f.kind)).collect();
+    let result = model
+        .infer(&refs, top_k.max(1))
+        .map_err(|e| name_input_file(e, &files))?;
+    let input_names = files
+        .iter()
+        .map(|f| f.path.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     if let Some(dir) = output_npy {
         write_outputs(dir, m, &result.outputs)?;
     }
@@ -387,7 +471,7 @@ fn infer(
         let v = serde_json::json!({
             "model": m.name,
             "version": m.version.to_string(),
-            "input": input.display().to_string(),
+            "input": input_names,
             "top": result.classes,
             "outputs": outputs,
             "timings_ms": {
@@ -401,7 +485,7 @@ fn infer(
         });
         emit(&to_json(&v))
     } else {
-        let mut s = format!("{} {} on {}\n", m.name, m.version, input.display());
+        let mut s = format!("{} {} on {}\n", m.name, m.version, input_names);
         for c in &result.classes {
             s.push_str(&format!(
                 "  {:>5.1}%  {} (class {})\n",
@@ -439,23 +523,35 @@ fn bench_cmd(
     args: &ModelArgs,
     runs: usize,
     warmup: usize,
-    input: Option<&Path>,
+    input: &[String],
     json: bool,
     profile_runs: usize,
 ) -> Result<(), CliError> {
     let model = load(args)?;
-    let (bytes, name) = match input {
-        Some(p) => (read_input(p)?, p.display().to_string()),
-        None => {
-            // Manifest validation guarantees at least one golden sample.
-            let first = &model.manifest().golden.samples[0].input;
-            (
-                model.package.read(first).map_err(ModelError::from)?,
-                first.clone(),
-            )
-        }
+    let files = if input.is_empty() {
+        // Manifest validation guarantees at least one golden sample, one file per input.
+        let m = model.manifest();
+        let sample = &m.golden.samples[0];
+        sample
+            .inputs
+            .iter()
+            .map(|f| {
+                Ok(InputFile {
+                    path: PathBuf::from(f),
+                    bytes: model.package.read(f).map_err(ModelError::from)?,
+                    kind: InputKind::from_file_name(f),
+                })
+            })
+            .collect::<Result<Vec<_>, CliError>>()?
+    } else {
+        read_inputs(model.manifest(), input)?
     };
-    let kind = InputKind::from_file_name(&name);
+    let name = files
+        .iter()
+        .map(|f| f.path.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let refs: Vec<(&[u8], InputKind)> = files.iter().map(|f| (&f.bytes[..], f.kind)).collect();
     let tty = std::io::stderr().is_terminal();
     let progress = move |done: usize, total: usize| {
         if tty {
@@ -467,9 +563,8 @@ fn bench_cmd(
         &BenchConfig {
             runs,
             warmup,
-            input: &bytes,
+            inputs: &refs,
             input_name: name,
-            kind,
             progress: &progress,
             profile_runs,
         },

@@ -565,6 +565,35 @@ pub fn to_model_input(inp: InputTensor, spec: &InputSpec) -> Result<Tensor, Kser
     })
 }
 
+/// The request's tensors in the manifest's input order: every model input exactly once,
+/// by name (KServe v2 names inputs; their order in the request is free). The error is the
+/// message for a 400.
+pub fn order_inputs(inputs: Vec<InputTensor>, m: &Manifest) -> Result<Vec<InputTensor>, String> {
+    let expected: Vec<&str> = m.inputs.iter().map(|i| i.name.as_str()).collect();
+    let got: Vec<String> = inputs.iter().map(|i| i.name.clone()).collect();
+    let wrong = || {
+        let takes = match expected.as_slice() {
+            [one] => format!("one input named `{one}`"),
+            many => format!("{} inputs named {:?}", many.len(), many),
+        };
+        format!(
+            "model `{}` takes {takes}; the request has {:?}",
+            m.name, got
+        )
+    };
+    if inputs.len() != expected.len() {
+        return Err(wrong());
+    }
+    let mut slots: Vec<Option<InputTensor>> = expected.iter().map(|_| None).collect();
+    for t in inputs {
+        match expected.iter().position(|n| *n == t.name) {
+            Some(i) if slots[i].is_none() => slots[i] = Some(t),
+            _ => return Err(wrong()),
+        }
+    }
+    slots.into_iter().map(|s| s.ok_or_else(wrong)).collect()
+}
+
 /// Model metadata (`GET /v2/models/{name}[/versions/{v}]`).
 pub fn model_metadata(m: &Manifest, platform: &str) -> Value {
     let outputs: Vec<Value> = m
@@ -572,16 +601,23 @@ pub fn model_metadata(m: &Manifest, platform: &str) -> Value {
         .iter()
         .map(|o| json!({ "name": o.name, "datatype": Datatype::of(o.dtype).name(), "shape": o.shape }))
         .collect();
+    let inputs: Vec<Value> = m
+        .inputs
+        .iter()
+        .map(|i| {
+            json!({
+                "name": i.name,
+                "datatype": Datatype::of(i.dtype).name(),
+                "shape": i.shape,
+                "parameters": { "accepted": accepted_forms(i) }
+            })
+        })
+        .collect();
     json!({
         "name": m.name,
         "versions": [m.version.to_string()],
         "platform": platform,
-        "inputs": [{
-            "name": m.input.name,
-            "datatype": Datatype::of(m.input.dtype).name(),
-            "shape": m.input.shape,
-            "parameters": { "accepted": accepted_forms(&m.input) }
-        }],
+        "inputs": inputs,
         "outputs": outputs,
     })
 }

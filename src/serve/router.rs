@@ -265,17 +265,10 @@ fn decode_and_run(shared: &Shared, model: &Arc<ServedModel>, head: &Head, body: 
         Err(e) => return bad(e),
     };
     let manifest = model.model.manifest();
-    let expected = &manifest.input.name;
-    if req.inputs.len() != 1 || &req.inputs[0].name != expected {
-        let got: Vec<&str> = req.inputs.iter().map(|i| i.name.as_str()).collect();
-        return Response::error(
-            400,
-            &format!(
-                "model `{}` takes one input named `{expected}`; the request has {:?}",
-                manifest.name, got
-            ),
-        );
-    }
+    let inputs = match kserve::order_inputs(std::mem::take(&mut req.inputs), manifest) {
+        Ok(v) => v,
+        Err(message) => return Response::error(400, &message),
+    };
     if let Some(wanted) = &req.outputs {
         if let Some(w) = wanted
             .iter()
@@ -289,11 +282,10 @@ fn decode_and_run(shared: &Shared, model: &Arc<ServedModel>, head: &Head, body: 
             });
         }
     }
-    let input = req.inputs.remove(0);
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let job = Job {
         model: Arc::clone(model),
-        input,
+        inputs,
         enqueued: Instant::now(),
         reply: tx,
     };

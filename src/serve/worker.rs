@@ -20,7 +20,8 @@ const IDLE_TICK: Duration = Duration::from_millis(250);
 
 pub(crate) struct Job {
     pub model: Arc<ServedModel>,
-    pub input: InputTensor,
+    /// The request's tensors, in the manifest's input order.
+    pub inputs: Vec<InputTensor>,
     pub enqueued: Instant,
     pub reply: SyncSender<JobResult>,
 }
@@ -88,7 +89,7 @@ fn run(shared: &Shared, job: Job) -> JobResult {
         ));
     }
     shared.metrics.in_flight.fetch_add(1, Relaxed);
-    let result = infer(&job.model, job.input, us(queued));
+    let result = infer(&job.model, job.inputs, us(queued));
     shared.metrics.in_flight.fetch_sub(1, Relaxed);
     if let Ok(done) = &result {
         job.model.metrics.record_stages(&done.stages);
@@ -113,11 +114,19 @@ impl From<ModelError> for Fail {
     }
 }
 
-fn infer(m: &ServedModel, input: InputTensor, queue_us: u64) -> JobResult {
+fn infer(m: &ServedModel, inputs: Vec<InputTensor>, queue_us: u64) -> JobResult {
     let inference = m
         .model
         .infer_with(
-            |spec| kserve::to_model_input(input, spec).map_err(|e| Fail(400, e.to_string())),
+            |specs| {
+                inputs
+                    .into_iter()
+                    .zip(specs)
+                    .map(|(t, spec)| {
+                        kserve::to_model_input(t, spec).map_err(|e| Fail(400, e.to_string()))
+                    })
+                    .collect()
+            },
             1,
         )
         .map_err(|Fail(status, message)| {

@@ -25,6 +25,10 @@ pub enum ManifestError {
     },
 }
 
+/// More inputs than this is not a vision model on a belt; a limit keeps request decoding
+/// and planning bounded.
+pub const MAX_INPUTS: usize = 16;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "RawManifest")]
 pub struct Manifest {
@@ -34,8 +38,8 @@ pub struct Manifest {
     /// Qualification refuses a model below this held-out top-1 (only with `[accuracy]`).
     pub accuracy_floor: Option<f64>,
     pub model: ModelSection,
-    /// The model's input, from `[input]` or the one table of `[[inputs]]`.
-    pub input: InputSpec,
+    /// The model's inputs in graph order, from `[[inputs]]` (or a lone `[input]`).
+    pub inputs: Vec<InputSpec>,
     pub outputs: Vec<OutputSpec>,
     /// How `task = "detection"` outputs decode into boxes.
     pub detection: Option<DetectionSpec>,
@@ -70,17 +74,11 @@ impl TryFrom<RawManifest> for Manifest {
     type Error = String;
 
     fn try_from(r: RawManifest) -> Result<Manifest, String> {
-        let input = match (r.input, r.inputs) {
-            (Some(i), None) => i,
-            (None, Some(mut v)) if v.len() == 1 => v.remove(0),
-            (None, Some(v)) => {
-                return Err(format!(
-                    "`[[inputs]]` lists {} inputs; beltbox runs models with exactly one input",
-                    v.len()
-                ))
-            }
+        let inputs = match (r.input, r.inputs) {
+            (Some(i), None) => vec![i],
+            (None, Some(v)) => v,
             (Some(_), Some(_)) => {
-                return Err("give the input as `[input]` or as `[[inputs]]`, not both".into())
+                return Err("give the inputs as `[input]` or as `[[inputs]]`, not both".into())
             }
             (None, None) => return Err("missing field `inputs` (or `input`)".into()),
         };
@@ -90,7 +88,7 @@ impl TryFrom<RawManifest> for Manifest {
             description: r.description,
             accuracy_floor: r.accuracy_floor,
             model: r.model,
-            input,
+            inputs,
             outputs: r.outputs,
             detection: r.detection,
             budgets: r.budgets,
@@ -392,8 +390,8 @@ pub struct Golden {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "RawGoldenSample")]
 pub struct GoldenSample {
-    /// The input file (image or tensor).
-    pub input: String,
+    /// The input files (image or tensor), one per `[[inputs]]` entry, in that order.
+    pub inputs: Vec<String>,
     /// Reference outputs, one per `[[outputs]]` entry, in that order.
     pub outputs: Vec<String>,
     /// Expected top-1 of `outputs[0]` (classification only).
@@ -415,16 +413,14 @@ impl TryFrom<RawGoldenSample> for GoldenSample {
     type Error = String;
 
     fn try_from(r: RawGoldenSample) -> Result<GoldenSample, String> {
-        let input = match (r.input, r.inputs) {
-            (Some(i), None) => i,
-            (None, Some(mut v)) if v.len() == 1 => v.remove(0),
-            (None, Some(v)) => {
-                return Err(format!(
-                    "golden sample `inputs` has {} files; the model has one input",
-                    v.len()
-                ))
+        let inputs = match (r.input, r.inputs) {
+            (Some(i), None) => vec![i],
+            (None, Some(v)) if !v.is_empty() => v,
+            _ => {
+                return Err(
+                    "a golden sample needs `inputs = [file, ...]` (or `input = file`)".into(),
+                )
             }
-            _ => return Err("a golden sample needs `inputs = [file]` (or `input = file`)".into()),
         };
         let outputs = match (r.output, r.outputs) {
             (Some(o), None) => vec![o],
@@ -436,7 +432,7 @@ impl TryFrom<RawGoldenSample> for GoldenSample {
             }
         };
         Ok(GoldenSample {
-            input,
+            inputs,
             outputs,
             label: r.label,
         })
@@ -516,7 +512,9 @@ impl Manifest {
             v.push(("detection.labels", l.as_str()));
         }
         for s in &self.golden.samples {
-            v.push(("golden.samples.input", s.input.as_str()));
+            for i in &s.inputs {
+                v.push(("golden.samples.inputs", i.as_str()));
+            }
             for o in &s.outputs {
                 v.push(("golden.samples.outputs", o.as_str()));
             }
@@ -564,37 +562,70 @@ impl Manifest {
                 ),
             ));
         }
-        let inp = &self.input;
-        if inp.shape.is_empty() || inp.shape.contains(&0) {
+        if self.inputs.is_empty() {
+            return Err(invalid("inputs", "at least one input is required".into()));
+        }
+        if self.inputs.len() > MAX_INPUTS {
             return Err(invalid(
-                "input.shape",
-                format!("{:?} must be non-empty with non-zero dimensions", inp.shape),
+                "inputs",
+                format!(
+                    "{} inputs; at most {MAX_INPUTS} are supported",
+                    self.inputs.len()
+                ),
             ));
         }
-        let volume = inp.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        if volume.is_none_or(|v| v > 1 << 30) {
-            return Err(invalid(
-                "input.shape",
-                format!("{:?} has more than 2^30 elements", inp.shape),
-            ));
-        }
-        if let Some(pre) = &inp.preprocess {
-            if inp.shape.len() != 4 {
+        let mut total = 0usize;
+        for (i, inp) in self.inputs.iter().enumerate() {
+            if self.inputs[..i].iter().any(|o| o.name == inp.name) {
+                return Err(invalid(
+                    "inputs.name",
+                    format!("`{}` names two inputs", inp.name),
+                ));
+            }
+            if inp.shape.is_empty() || inp.shape.contains(&0) {
                 return Err(invalid(
                     "input.shape",
                     format!(
-                        "{:?}: an image input (with `preprocess`) must be 4-D, batch first; \
-                         drop `preprocess` to feed tensors of any rank",
-                        inp.shape
+                        "`{}`: {:?} must be non-empty with non-zero dimensions",
+                        inp.name, inp.shape
                     ),
                 ));
             }
-            if inp.shape[0] != 1 {
-                return Err(invalid("input.shape", "batch dimension must be 1".into()));
+            let volume = inp.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            if volume.is_none_or(|v| v > 1 << 30) {
+                return Err(invalid(
+                    "input.shape",
+                    format!(
+                        "`{}`: {:?} has more than 2^30 elements",
+                        inp.name, inp.shape
+                    ),
+                ));
             }
-            check_preprocess(&invalid, inp, pre)?;
+            if let Some(pre) = &inp.preprocess {
+                if inp.shape.len() != 4 {
+                    return Err(invalid(
+                        "input.shape",
+                        format!(
+                            "{:?}: an image input (with `preprocess`) must be 4-D, batch first; \
+                             drop `preprocess` to feed tensors of any rank",
+                            inp.shape
+                        ),
+                    ));
+                }
+                if inp.shape[0] != 1 {
+                    return Err(invalid("input.shape", "batch dimension must be 1".into()));
+                }
+                check_preprocess(&invalid, inp, pre)?;
+            }
+            check_quant(&invalid, "input.quantization", inp.dtype, inp.quantization)?;
+            total = total.saturating_add(inp.volume());
         }
-        check_quant(&invalid, "input.quantization", inp.dtype, inp.quantization)?;
+        if total > 1 << 30 {
+            return Err(invalid(
+                "inputs.shape",
+                "the inputs together have more than 2^30 elements".into(),
+            ));
+        }
         if self.outputs.is_empty() {
             return Err(invalid("outputs", "at least one output is required".into()));
         }
@@ -658,12 +689,26 @@ impl Manifest {
         }
         let classes = self.outputs[0].shape.iter().product::<usize>();
         for s in &g.samples {
+            let first = s.inputs.first().map(String::as_str).unwrap_or("");
+            if s.inputs.len() != self.inputs.len() {
+                let names: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
+                return Err(invalid(
+                    "golden.samples.inputs",
+                    format!(
+                        "sample `{first}` has {} input file(s) but the model has {} input(s) \
+                         ({}): list one file per input, in that order",
+                        s.inputs.len(),
+                        self.inputs.len(),
+                        names.join(", ")
+                    ),
+                ));
+            }
             if s.outputs.len() != self.outputs.len() {
                 return Err(invalid(
                     "golden.samples.outputs",
                     format!(
                         "sample `{}` has {} reference file(s) but the model has {} output(s)",
-                        s.input,
+                        first,
                         s.outputs.len(),
                         self.outputs.len()
                     ),
@@ -746,13 +791,13 @@ fn check_detection(
             Some(_) => {}
         }
     }
-    if let Some(o) = detection_outputs.iter().find(|o| !d.outputs.contains(&o.name)) {
+    if let Some(o) = detection_outputs
+        .iter()
+        .find(|o| !d.outputs.contains(&o.name))
+    {
         return Err(invalid(
             "detection.outputs",
-            format!(
-                "does not list `{}`, which has task = \"detection\"",
-                o.name
-            ),
+            format!("does not list `{}`, which has task = \"detection\"", o.name),
         ));
     }
     let want = match d.head {
@@ -764,7 +809,11 @@ fn check_detection(
         (Some(n), _) if d.outputs.len() != n => {
             return Err(invalid(
                 "detection.outputs",
-                format!("head {:?} reads {n} output(s), {} are listed", d.head, d.outputs.len()),
+                format!(
+                    "head {:?} reads {n} output(s), {} are listed",
+                    d.head,
+                    d.outputs.len()
+                ),
             ))
         }
         (Some(_), Some(_)) => {
@@ -792,7 +841,10 @@ fn check_detection(
             ))
         }
         (None, Some(s)) if s.contains(&0) => {
-            return Err(invalid("detection.strides", "strides must be positive".into()))
+            return Err(invalid(
+                "detection.strides",
+                "strides must be positive".into(),
+            ))
         }
         _ => {}
     }
@@ -963,7 +1015,7 @@ mod tests {
     fn real_manifest_parses() {
         let m = Manifest::parse(REAL, Path::new("manifest.toml")).unwrap();
         assert_eq!(m.name, "digits-int8-tflite");
-        assert_eq!(m.input.hwc(), (8, 8, 1));
+        assert_eq!(m.inputs[0].hwc(), (8, 8, 1));
         assert_eq!(m.golden.samples.len(), 8);
     }
 

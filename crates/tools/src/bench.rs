@@ -60,9 +60,9 @@ pub struct BenchReport {
 pub struct BenchConfig<'a> {
     pub runs: usize,
     pub warmup: usize,
-    pub input: &'a [u8],
+    /// One file's bytes per manifest input, in manifest order.
+    pub inputs: &'a [(&'a [u8], InputKind)],
     pub input_name: String,
-    pub kind: InputKind,
     /// Called with (done, total) about once a second, for progress on long runs.
     pub progress: &'a dyn Fn(usize, usize),
     /// Also attribute time to op types over this many extra runs (0: no profile).
@@ -74,13 +74,13 @@ pub fn run(model: &Model, cfg: &BenchConfig) -> Result<BenchReport, ModelError> 
     let load_peak =
         beltbox_core::memory::alloc::installed().then(beltbox_core::memory::alloc::reset_peak);
     for _ in 0..cfg.warmup {
-        model.infer(cfg.input, cfg.kind, 5)?;
+        model.infer(cfg.inputs, 5)?;
     }
     let mut timings: Vec<StageTimings> = Vec::with_capacity(cfg.runs);
     let start = Instant::now();
     let mut last_progress = Instant::now();
     for i in 0..cfg.runs {
-        timings.push(model.infer(cfg.input, cfg.kind, 5)?.timings);
+        timings.push(model.infer(cfg.inputs, 5)?.timings);
         if last_progress.elapsed().as_secs() >= 1 {
             (cfg.progress)(i + 1, cfg.runs);
             last_progress = Instant::now();
@@ -93,7 +93,7 @@ pub fn run(model: &Model, cfg: &BenchConfig) -> Result<BenchReport, ModelError> 
     let total = pick(|t| t.total_us());
     // Profiled runs come after the measured ones so their overhead cannot touch the numbers.
     let profile = if cfg.profile_runs > 0 {
-        model.profile(cfg.input, cfg.kind, cfg.profile_runs)?
+        model.profile(cfg.inputs, cfg.profile_runs)?
     } else {
         None
     };

@@ -734,8 +734,8 @@ struct Models {
     primary_full: Model,
     primary_reduced: Option<Model>,
     fallback: Option<Model>,
-    frame: Vec<u8>,
-    kind: InputKind,
+    /// One file per input of the primary's first golden sample: the belt's frame.
+    frame: Vec<(Vec<u8>, InputKind)>,
     reduced_threads: usize,
 }
 
@@ -777,16 +777,21 @@ impl Models {
             .golden
             .samples
             .first()
-            .map(|s| s.input.clone())
+            .map(|s| s.inputs.clone())
             .ok_or_else(|| {
                 SoakError::Failed("the primary model has no golden sample to use as a frame".into())
             })?;
-        let frame = primary_full
-            .package
-            .read(&sample)
-            .map_err(beltbox_core::model::ModelError::from)?;
+        let frame = sample
+            .iter()
+            .map(|f| {
+                let bytes = primary_full
+                    .package
+                    .read(f)
+                    .map_err(beltbox_core::model::ModelError::from)?;
+                Ok((bytes, InputKind::from_file_name(f)))
+            })
+            .collect::<Result<Vec<_>, SoakError>>()?;
         Ok(Models {
-            kind: InputKind::from_file_name(&sample),
             primary_full,
             primary_reduced,
             fallback,
@@ -812,7 +817,7 @@ impl Models {
 /// round) so that background load on a shared machine hits them alike and their ratio
 /// is meaningful; then derives the belt rate and the thermal gain.
 fn calibrate(cfg: &SoakConfig, m: &Models) -> Result<Calibration, SoakError> {
-    let (frame, kind) = (&m.frame[..], m.kind);
+    let frame: Vec<(&[u8], InputKind)> = m.frame.iter().map(|(b, k)| (&b[..], *k)).collect();
     let configs: [Option<&Model>; 3] = [
         Some(&m.primary_full),
         m.primary_reduced.as_ref(),
@@ -821,7 +826,7 @@ fn calibrate(cfg: &SoakConfig, m: &Models) -> Result<Calibration, SoakError> {
     // Warm caches, allocators and thread pools of every instance first.
     for model in configs.iter().flatten() {
         for _ in 0..3 {
-            model.infer(frame, kind, 1)?;
+            model.infer(&frame, 1)?;
         }
     }
     let mut lat: [Vec<f64>; 3] = Default::default();
@@ -833,7 +838,7 @@ fn calibrate(cfg: &SoakConfig, m: &Models) -> Result<Calibration, SoakError> {
         for (i, model) in configs.iter().enumerate() {
             let Some(model) = model else { continue };
             let before = runtime_cpu_ns(&[]);
-            let ms = model.infer(frame, kind, 1)?.timings.total_us() as f64 / 1e3;
+            let ms = model.infer(&frame, 1)?.timings.total_us() as f64 / 1e3;
             match (before, runtime_cpu_ns(&[])) {
                 (Some(a), Some(b)) => cpu_ns[i] += b.saturating_sub(a),
                 _ => cpu_ok = false,
@@ -1143,7 +1148,9 @@ fn run_one(
             let (model, threads) = m.pick(&knobs);
             runtime_threads.store(threads, Ordering::Relaxed);
             let queue_us = u64::try_from(arrival.elapsed().as_micros()).unwrap_or(u64::MAX);
-            let inference = match model.infer(&m.frame, m.kind, 1) {
+            let frame: Vec<(&[u8], InputKind)> =
+                m.frame.iter().map(|(b, k)| (&b[..], *k)).collect();
+            let inference = match model.infer(&frame, 1) {
                 Ok(i) => i,
                 Err(e) => {
                     lock(&shared).error = Some(e.into());

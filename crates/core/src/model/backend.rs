@@ -1,4 +1,4 @@
-//! The seam between beltbox and an inference engine. A backend runs one input tensor and
+//! The seam between beltbox and an inference engine. A backend runs the input tensors and
 //! returns the output tensors; everything else (preprocessing, checks, timing) is ours.
 
 use crate::tensor::Tensor;
@@ -17,8 +17,9 @@ pub enum BackendError {
 }
 
 pub trait Backend: Send + Sync {
-    /// Runs one inference. Safe to call from several threads.
-    fn run(&self, input: &Tensor) -> Result<Vec<Tensor>, BackendError>;
+    /// Runs one inference on one tensor per manifest input, in manifest order. Safe to
+    /// call from several threads.
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError>;
     /// Short engine name for logs and reports: "tract", "litert".
     fn name(&self) -> &'static str;
     /// Engine version and build facts, for the load log and `bench` output.
@@ -28,9 +29,13 @@ pub trait Backend: Send + Sync {
     fn op_counts(&self) -> Option<OpCounts> {
         None
     }
-    /// Time spent per op type over `runs` inferences of `input`, slowest first (`None` when
-    /// the engine cannot attribute time to ops).
-    fn profile(&self, _input: &Tensor, _runs: usize) -> Result<Option<Vec<OpTime>>, BackendError> {
+    /// Time spent per op type over `runs` inferences of `inputs`, slowest first (`None`
+    /// when the engine cannot attribute time to ops).
+    fn profile(
+        &self,
+        _inputs: &[Tensor],
+        _runs: usize,
+    ) -> Result<Option<Vec<OpTime>>, BackendError> {
         Ok(None)
     }
 }

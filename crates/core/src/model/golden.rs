@@ -108,14 +108,17 @@ pub fn self_check(model: &Model) -> Result<GoldenReport, super::ModelError> {
     for s in &m.golden.samples {
         let sample_err = |message: String| GoldenError::Sample {
             model: m.name.clone(),
-            file: s.input.clone(),
+            file: s.inputs.join(", "),
             message,
         };
-        let input_bytes = model.package.read(&s.input)?;
-        let input =
-            preprocess::prepare(&input_bytes, InputKind::from_file_name(&s.input), &m.input)
-                .map_err(|e| sample_err(e.to_string()))?;
-        let outputs = model.run_tensor(&input)?;
+        let mut inputs = Vec::with_capacity(m.inputs.len());
+        for (file, spec) in s.inputs.iter().zip(&m.inputs) {
+            let bytes = model.package.read(file)?;
+            let t = preprocess::prepare(&bytes, InputKind::from_file_name(file), spec)
+                .map_err(|e| sample_err(format!("{file}: {e}")))?;
+            inputs.push(t);
+        }
+        let outputs = model.run_tensors(&inputs)?;
         if outputs.len() != m.outputs.len() {
             return Err(sample_err(format!(
                 "the model produced {} outputs, the manifest lists {}",
@@ -149,7 +152,7 @@ pub fn self_check(model: &Model) -> Result<GoldenReport, super::ModelError> {
             if c.outside > allowed {
                 return Err(GoldenError::Mismatch {
                     model: m.name.clone(),
-                    file: s.input.clone(),
+                    file: s.inputs.join(", "),
                     output: spec.name.clone(),
                     max_diff: c.max_diff,
                     tolerance: c.tolerance,
@@ -170,7 +173,7 @@ pub fn self_check(model: &Model) -> Result<GoldenReport, super::ModelError> {
             if top1 != label {
                 return Err(GoldenError::Top1 {
                     model: m.name.clone(),
-                    file: s.input.clone(),
+                    file: s.inputs.join(", "),
                     top1,
                     label,
                 }

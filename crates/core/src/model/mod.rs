@@ -51,6 +51,12 @@ pub enum ModelError {
     Input(#[from] PreprocessError),
     #[error("model output has {got} tensors; the manifest describes {expected}")]
     OutputCount { expected: usize, got: usize },
+    #[error("model `{model}` takes {} inputs ({}); {got} given: give one per input, by name", .inputs.len(), .inputs.join(", "))]
+    InputCount {
+        model: String,
+        inputs: Vec<String>,
+        got: usize,
+    },
 }
 
 impl ModelError {
@@ -264,12 +270,14 @@ impl Model {
         &self.package.manifest
     }
 
-    /// Runs the backend on a prepared tensor and checks the output count.
-    pub fn run_tensor(&self, input: &Tensor) -> Result<Vec<Tensor>, ModelError> {
+    /// Runs the backend on prepared tensors (one per manifest input, in manifest order)
+    /// and checks the output count.
+    pub fn run_tensors(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, ModelError> {
         let m = &self.package.manifest;
+        self.check_input_count(inputs.len())?;
         let mut outputs = self
             .backend
-            .run(input)
+            .run(inputs)
             .map_err(|source| ModelError::Backend {
                 path: self.package.dir.join(&m.model.file),
                 source,
@@ -289,53 +297,74 @@ impl Model {
         Ok(outputs)
     }
 
+    fn check_input_count(&self, got: usize) -> Result<(), ModelError> {
+        let m = &self.package.manifest;
+        if got == m.inputs.len() {
+            return Ok(());
+        }
+        Err(ModelError::InputCount {
+            model: m.name.clone(),
+            inputs: m.inputs.iter().map(|i| i.name.clone()).collect(),
+            got,
+        })
+    }
+
+    /// Each input file's bytes, prepared for its manifest input (manifest order).
+    pub fn prepare(&self, inputs: &[(&[u8], InputKind)]) -> Result<Vec<Tensor>, ModelError> {
+        let m = &self.package.manifest;
+        self.check_input_count(inputs.len())?;
+        inputs
+            .iter()
+            .zip(&m.inputs)
+            .map(|((bytes, kind), spec)| Ok(preprocess::prepare(bytes, *kind, spec)?))
+            .collect()
+    }
+
     /// Integer vs float nodes of the loaded graph, when the backend can tell.
     pub fn op_counts(&self) -> Option<backend::OpCounts> {
         self.backend.op_counts()
     }
 
-    /// Per-op-type time over `runs` inferences of `bytes` (after preprocessing).
+    /// Per-op-type time over `runs` inferences of `inputs` (one file's bytes per manifest
+    /// input, before preprocessing).
     pub fn profile(
         &self,
-        bytes: &[u8],
-        kind: InputKind,
+        inputs: &[(&[u8], InputKind)],
         runs: usize,
     ) -> Result<Option<Vec<backend::OpTime>>, ModelError> {
         let m = &self.package.manifest;
-        let input = preprocess::prepare(bytes, kind, &m.input)?;
+        let tensors = self.prepare(inputs)?;
         self.backend
-            .profile(&input, runs)
+            .profile(&tensors, runs)
             .map_err(|source| ModelError::Backend {
                 path: self.package.dir.join(&m.model.file),
                 source,
             })
     }
 
-    /// Full pipeline on input bytes: preprocess, run, top-k classes, stage timings.
+    /// Full pipeline on input files (one per manifest input, in manifest order):
+    /// preprocess, run, top-k classes, stage timings.
     pub fn infer(
         &self,
-        bytes: &[u8],
-        kind: InputKind,
+        inputs: &[(&[u8], InputKind)],
         top_k: usize,
     ) -> Result<Inference, ModelError> {
-        self.infer_with(
-            |spec| preprocess::prepare(bytes, kind, spec).map_err(ModelError::from),
-            top_k,
-        )
+        self.infer_with(|_| self.prepare(inputs), top_k)
     }
 
     /// The timed pipeline with the caller's preprocessing (`prepare` turns whatever the
-    /// caller holds, e.g. a decoded request tensor, into the model input): preprocess, run,
-    /// top-k classes, each stage timed. `queue_us` is left 0 for the caller to fill.
+    /// caller holds, e.g. decoded request tensors, into one tensor per manifest input):
+    /// preprocess, run, top-k classes, each stage timed. `queue_us` is left 0 for the
+    /// caller to fill.
     pub fn infer_with<E: From<ModelError>>(
         &self,
-        prepare: impl FnOnce(&manifest::InputSpec) -> Result<Tensor, E>,
+        prepare: impl FnOnce(&[manifest::InputSpec]) -> Result<Vec<Tensor>, E>,
         top_k: usize,
     ) -> Result<Inference, E> {
         let t0 = Instant::now();
-        let input = prepare(&self.package.manifest.input)?;
+        let inputs = prepare(&self.package.manifest.inputs)?;
         let t1 = Instant::now();
-        let outputs = self.run_tensor(&input)?;
+        let outputs = self.run_tensors(&inputs)?;
         let t2 = Instant::now();
         let classes = self.classes(&outputs, top_k);
         let t3 = Instant::now();
@@ -386,10 +415,34 @@ impl Model {
 /// What preprocessing allocates for one frame of `frame` (width, height) pixels — the
 /// model's own input size when `None` (frames arrive at model resolution). A tensor input
 /// (no `preprocess`) is planned as one row of its elements: the encoded NPY, its decoded
-/// copy and the conversions, an over-estimate of a few tensor copies.
+/// copy and the conversions, an over-estimate of a few tensor copies. A model with several
+/// inputs is planned as one row of all their elements at the widest element size (an
+/// over-estimate: a multi-input model's inputs are small next to its activations).
 pub fn preprocess_facts(m: &manifest::Manifest, frame: Option<(u64, u64)>) -> PreprocessFacts {
-    let (h, w, c) = m.input.hwc();
-    let (resize, channels) = match &m.input.preprocess {
+    let widest = m
+        .inputs
+        .iter()
+        .map(|i| i.dtype.size_of() as u64)
+        .max()
+        .unwrap_or(4);
+    let single = match m.inputs.as_slice() {
+        [one] => Some(one),
+        _ => None,
+    };
+    let Some(input) = single else {
+        let total: u64 = m.inputs.iter().map(|i| i.volume() as u64).sum();
+        return PreprocessFacts {
+            frame_width: total,
+            frame_height: 1,
+            frame_channels: 1,
+            tensor_height: 1,
+            tensor_width: total,
+            tensor_channels: 1,
+            tensor_elem_bytes: widest,
+        };
+    };
+    let (h, w, c) = input.hwc();
+    let (resize, channels) = match &input.preprocess {
         Some(p) => (p.resize, p.color.channels() as u64),
         None => ([h, w], 1),
     };
@@ -402,7 +455,7 @@ pub fn preprocess_facts(m: &manifest::Manifest, frame: Option<(u64, u64)>) -> Pr
         tensor_height: h as u64,
         tensor_width: w as u64,
         tensor_channels: c as u64,
-        tensor_elem_bytes: m.input.dtype.size_of() as u64,
+        tensor_elem_bytes: widest,
     }
 }
 

@@ -23,6 +23,9 @@ type State = TypedSimpleState;
 
 pub struct TractBackend {
     plan: Plan,
+    /// For each graph input, in graph order, the index of its manifest input: a manifest
+    /// may list the inputs in any order, requests name them.
+    graph_order: Vec<usize>,
     /// Idle run states. A state owns its intermediate buffers; reusing one avoids
     /// allocating every activation tensor on every frame.
     states: Mutex<Vec<State>>,
@@ -75,7 +78,6 @@ impl TractBackend {
         manifest: &Manifest,
         threads: usize,
     ) -> Result<TractBackend, BackendError> {
-        let spec = &manifest.input;
         let (model, qdq_stats) = contain("cannot parse the ONNX model", || {
             let onnx = framework();
             let mut proto = onnx.proto_model_for_read(&mut Cursor::new(bytes))?;
@@ -96,17 +98,37 @@ impl TractBackend {
         let inputs = model
             .input_outlets()
             .map_err(|e| BackendError::Load(e.to_string()))?;
-        if inputs.len() != 1 {
-            return Err(BackendError::Mismatch(format!(
-                "the graph has {} inputs; beltbox packages describe exactly one",
-                inputs.len()
-            )));
+        let graph_names: Vec<String> = inputs
+            .iter()
+            .map(|i| model.node(i.node).name.clone())
+            .collect();
+        let mut graph_order = Vec::with_capacity(graph_names.len());
+        for name in &graph_names {
+            match manifest.inputs.iter().position(|s| &s.name == name) {
+                Some(i) => graph_order.push(i),
+                None => {
+                    let listed: Vec<&str> =
+                        manifest.inputs.iter().map(|s| s.name.as_str()).collect();
+                    return Err(BackendError::Mismatch(format!(
+                        "the graph has an input `{name}` that the manifest does not list \
+                         (manifest inputs: {}; graph inputs: {})",
+                        listed.join(", "),
+                        graph_names.join(", ")
+                    )));
+                }
+            }
         }
-        let graph_input = model.node(inputs[0].node).name.clone();
-        if graph_input != spec.name {
+        if graph_order.len() != manifest.inputs.len() {
+            let extra: Vec<&str> = manifest
+                .inputs
+                .iter()
+                .filter(|s| !graph_names.contains(&s.name))
+                .map(|s| s.name.as_str())
+                .collect();
             return Err(BackendError::Mismatch(format!(
-                "manifest input.name is `{}` but the graph's input is `{graph_input}`",
-                spec.name
+                "the manifest lists input(s) {} that the graph does not have (graph inputs: {})",
+                extra.join(", "),
+                graph_names.join(", ")
             )));
         }
         let outputs = model
@@ -131,12 +153,21 @@ impl TractBackend {
             }
         }
 
-        let shape = spec.shape.clone();
-        let input_dt = dt(spec.dtype);
+        let facts: Vec<(DatumType, Vec<usize>)> = graph_order
+            .iter()
+            .map(|&i| {
+                (
+                    dt(manifest.inputs[i].dtype),
+                    manifest.inputs[i].shape.clone(),
+                )
+            })
+            .collect();
         let typed = contain("cannot prepare the ONNX model", move || {
-            let mut typed = model
-                .with_input_fact(0, InferenceFact::dt_shape(input_dt, shape))?
-                .into_optimized()?;
+            let mut model = model;
+            for (slot, (datum, shape)) in facts.into_iter().enumerate() {
+                model = model.with_input_fact(slot, InferenceFact::dt_shape(datum, shape))?;
+            }
+            let mut typed = model.into_optimized()?;
             beltbox_tract::upsample::replace_byte_upsamples(&mut typed)?;
             Ok(typed)
         })
@@ -170,6 +201,7 @@ impl TractBackend {
         .map_err(BackendError::Load)?;
         Ok(TractBackend {
             plan,
+            graph_order,
             states: Mutex::new(Vec::new()),
         })
     }
@@ -177,6 +209,25 @@ impl TractBackend {
     /// The optimised graph (for planning and reports).
     pub fn typed_model(&self) -> &TypedModel {
         self.plan.model()
+    }
+
+    /// The request's tensors (manifest order) in the graph's input order.
+    fn graph_inputs(&self, inputs: &[BbTensor]) -> Result<TVec<TValue>, BackendError> {
+        if inputs.len() != self.graph_order.len() {
+            return Err(BackendError::Run(format!(
+                "{} input tensor(s) given, the model takes {}",
+                inputs.len(),
+                self.graph_order.len()
+            )));
+        }
+        self.graph_order
+            .iter()
+            .map(|&i| {
+                to_tract(&inputs[i])
+                    .map(|t| t.into_tvalue())
+                    .map_err(|e| BackendError::Run(root_cause(&e)))
+            })
+            .collect()
     }
 
     /// The runnable plan: its execution order drives the RAM plan's liveness analysis.
@@ -215,7 +266,8 @@ fn from_tract(t: &Tensor) -> Result<BbTensor, BackendError> {
 }
 
 impl Backend for TractBackend {
-    fn run(&self, input: &BbTensor) -> Result<Vec<BbTensor>, BackendError> {
+    fn run(&self, inputs: &[BbTensor]) -> Result<Vec<BbTensor>, BackendError> {
+        let values = self.graph_inputs(inputs)?;
         let pooled = self.states.lock().ok().and_then(|mut s| s.pop());
         let mut state = match pooled {
             Some(s) => s,
@@ -224,11 +276,7 @@ impl Backend for TractBackend {
                 .spawn()
                 .map_err(|e| BackendError::Run(root_cause(&e)))?,
         };
-        let tensor = to_tract(input).map_err(|e| BackendError::Run(root_cause(&e)))?;
-        let out = contain("inference failed", || {
-            state.run(tvec!(tensor.into_tvalue()))
-        })
-        .map_err(BackendError::Run)?;
+        let out = contain("inference failed", || state.run(values)).map_err(BackendError::Run)?;
         let result = out.iter().map(|v| from_tract(v)).collect();
         if let Ok(mut s) = self.states.lock() {
             s.push(state);
@@ -270,16 +318,20 @@ impl Backend for TractBackend {
         Some(counts)
     }
 
-    fn profile(&self, input: &BbTensor, runs: usize) -> Result<Option<Vec<OpTime>>, BackendError> {
+    fn profile(
+        &self,
+        inputs: &[BbTensor],
+        runs: usize,
+    ) -> Result<Option<Vec<OpTime>>, BackendError> {
+        let values = self.graph_inputs(inputs)?;
         let model = self.plan.model();
         let mut per_node = vec![std::time::Duration::ZERO; model.nodes().len()];
         let mut state = self
             .plan
             .spawn()
             .map_err(|e| BackendError::Run(root_cause(&e)))?;
-        let tensor = to_tract(input).map_err(|e| BackendError::Run(root_cause(&e)))?;
         for _ in 0..runs.max(1) {
-            let input = tvec!(tensor.clone().into_tvalue());
+            let input = values.clone();
             contain("profiled inference failed", || {
                 state.run_plan_with_eval(input, |ctx, op_state, node, inputs| {
                     let t = std::time::Instant::now();

@@ -474,9 +474,11 @@ impl TfliteBackend {
 }
 
 impl crate::model::backend::Backend for TfliteBackend {
-    fn run(&self, input: &Tensor) -> Result<Vec<Tensor>, crate::model::backend::BackendError> {
+    /// TFLite inputs are positional: the manifest lists them in the interpreter's order
+    /// (docs/model-package.md).
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, crate::model::backend::BackendError> {
         use crate::model::backend::BackendError;
-        TfliteBackend::run(self, input).map_err(|e| match e {
+        TfliteBackend::run_inputs(self, inputs).map_err(|e| match e {
             TfliteError::InputCount { .. } | TfliteError::InputMismatch { .. } => {
                 BackendError::Mismatch(e.to_string())
             }
