@@ -284,9 +284,59 @@ pub fn from_image(img: &Image, spec: &InputSpec) -> Result<Tensor, PreprocessErr
     Ok(with_quant(Tensor::new(spec.shape.clone(), data), spec))
 }
 
-/// Resizes `src` (`sw` x `sh`, `c` channels) to the tensor's `dw` x `dh`: stretched, or
-/// letterboxed — scaled by `min(dw / sw, dh / sh)` (each side rounded to the nearest pixel,
-/// at least 1), centred (top/left padding rounded down) on a canvas of `pre.pad`.
+/// Where a source image of `src_w` x `src_h` lands in a tensor of `dst_w` x `dst_h`: the
+/// one description of the resize/letterbox geometry, shared by [`from_image`] (which draws
+/// it) and `detect` (which undoes it to report boxes in source pixels). A source point
+/// `(x, y)` lands at `(left + x * scale_x, top + y * scale_y)` in the tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Placement {
+    /// Tensor columns of padding left of the image (0 when stretched).
+    pub left: f64,
+    /// Tensor rows of padding above the image (0 when stretched).
+    pub top: f64,
+    /// Tensor pixels per source pixel, horizontally: the placed width over the source width.
+    pub scale_x: f64,
+    /// Tensor pixels per source pixel, vertically.
+    pub scale_y: f64,
+    /// Size of the placed image in tensor pixels (the whole tensor when stretched).
+    pub width: usize,
+    pub height: usize,
+}
+
+/// The [`Placement`] of a `src_w` x `src_h` image in a `dst_w` x `dst_h` tensor under
+/// `pre.resize_mode`. Stretch fills the tensor. Letterbox scales by
+/// `min(dst_w / src_w, dst_h / src_h)`, rounds each side to the nearest pixel (at least 1,
+/// at most the tensor's), and centres the result with the top/left padding rounded down.
+/// Sizes are expected to be positive (decoded images and validated manifests are); zeros
+/// give infinite scales, never a panic.
+pub fn placement(
+    pre: &Preprocess,
+    src_w: usize,
+    src_h: usize,
+    dst_w: usize,
+    dst_h: usize,
+) -> Placement {
+    let (width, height) = match pre.resize_mode {
+        ResizeMode::Stretch => (dst_w, dst_h),
+        ResizeMode::Letterbox => {
+            let scale = (dst_w as f64 / src_w as f64).min(dst_h as f64 / src_h as f64);
+            let side =
+                |s: usize, d: usize| ((s as f64 * scale).round() as usize).clamp(1, d.max(1));
+            (side(src_w, dst_w), side(src_h, dst_h))
+        }
+    };
+    Placement {
+        left: (dst_w.saturating_sub(width) / 2) as f64,
+        top: (dst_h.saturating_sub(height) / 2) as f64,
+        scale_x: width as f64 / src_w as f64,
+        scale_y: height as f64 / src_h as f64,
+        width,
+        height,
+    }
+}
+
+/// Resizes `src` (`sw` x `sh`, `c` channels) to the tensor's `dw` x `dh` as [`placement`]
+/// says: stretched, or letterboxed on a canvas of `pre.pad`.
 #[allow(clippy::too_many_arguments)]
 fn fit(
     src: &[f32],
@@ -301,13 +351,13 @@ fn fit(
     if pre.resize_mode == ResizeMode::Stretch {
         return resize_bilinear(src, sw, sh, c, dw, dh);
     }
-    let scale = (dw as f64 / sw as f64).min(dh as f64 / sh as f64);
-    let nw = ((sw as f64 * scale).round() as usize).clamp(1, dw);
-    let nh = ((sh as f64 * scale).round() as usize).clamp(1, dh);
+    let p = placement(pre, sw, sh, dw, dh);
+    let (nw, nh) = (p.width, p.height);
     let inner = resize_bilinear(src, sw, sh, c, nw, nh);
     let pad = pre.pad / 255.0 * maxval;
     let mut out = vec![pad; dw * dh * c];
-    let (top, left) = ((dh - nh) / 2, (dw - nw) / 2);
+    // Whole numbers by construction (integer halves of the padding).
+    let (top, left) = (p.top as usize, p.left as usize);
     for y in 0..nh {
         let row = &inner[y * nw * c..(y + 1) * nw * c];
         let at = ((top + y) * dw + left) * c;
