@@ -112,9 +112,26 @@ impl Datatype {
     pub fn of(d: DType) -> Datatype {
         match d {
             DType::Float32 => Datatype::Fp32,
+            DType::Float16 => Datatype::Fp16,
+            DType::Float64 => Datatype::Fp64,
             DType::Int8 => Datatype::Int8,
             DType::Uint8 => Datatype::Uint8,
+            DType::Int16 => Datatype::Int16,
+            DType::Uint16 => Datatype::Uint16,
+            DType::Int32 => Datatype::Int32,
+            DType::Uint32 => Datatype::Uint32,
+            DType::Int64 => Datatype::Int64,
+            DType::Uint64 => Datatype::Uint64,
+            DType::Bool => Datatype::Bool,
         }
+    }
+
+    /// The tensor dtype of a numeric datatype (`None` for BYTES).
+    pub fn dtype(self) -> Option<DType> {
+        DType::ALL
+            .iter()
+            .copied()
+            .find(|&d| Datatype::of(d) == self)
     }
 }
 
@@ -412,12 +429,17 @@ fn from_binary(chunk: &[u8], dt: Datatype, count: u64) -> Result<Elements, Strin
             }
             Ok(Elements::Bytes(out))
         }
-        other => Err(unsupported(other)),
+        other => {
+            let Some(d) = other.dtype() else {
+                return Err(format!("datatype {other} is not accepted"));
+            };
+            fixed(d.size_of() as u64)?;
+            let data = TensorData::from_le_bytes(d, chunk).ok_or_else(|| {
+                format!("binary data is not valid {other} (BOOL bytes are 0 or 1)")
+            })?;
+            Ok(Elements::Typed(data))
+        }
     }
-}
-
-fn unsupported(dt: Datatype) -> String {
-    format!("datatype {dt} is not accepted (FP32, INT8, UINT8 or BYTES)")
 }
 
 /// Flattens (possibly nested) JSON arrays of numbers or strings into typed elements.
@@ -427,7 +449,12 @@ fn from_json(raw: &RawValue, dt: Datatype, limits: &DecodeLimits) -> Result<Elem
         Datatype::Int8 => Elements::I8(Vec::new()),
         Datatype::Uint8 => Elements::U8(Vec::new()),
         Datatype::Bytes => Elements::Bytes(Vec::new()),
-        other => return Err(unsupported(other)),
+        other => match other.dtype() {
+            Some(d) => Elements::Typed(
+                TensorData::from_le_bytes(d, &[]).unwrap_or(TensorData::F32(vec![])),
+            ),
+            None => return Err(format!("datatype {other} is not accepted")),
+        },
     };
     let mut de = serde_json::Deserializer::from_str(raw.get());
     Flatten {
@@ -453,8 +480,19 @@ impl<'de> DeserializeSeed<'de> for Flatten<'_> {
 
 impl Flatten<'_> {
     fn push_number<E: serde::de::Error>(&mut self, v: f64, integral: bool) -> Result<(), E> {
+        self.push(Num::F(v, integral))
+    }
+
+    fn push<E: serde::de::Error>(&mut self, n: Num) -> Result<(), E> {
         if self.out.len() as u64 >= self.limit {
             return Err(E::custom(format!("more than {} elements", self.limit)));
+        }
+        let (v, integral) = match n {
+            Num::F(v, integral) => (v, integral),
+            Num::I(i) => (i as f64, true),
+        };
+        if let Elements::Typed(d) = self.out {
+            return push_typed(d, n).map_err(E::custom);
         }
         let int = |lo: f64, hi: f64, name: &str| -> Result<f64, E> {
             if !integral || v < lo || v > hi {
@@ -474,9 +512,59 @@ impl Flatten<'_> {
             Elements::I8(o) => o.push(int(-128.0, 127.0, "INT8")? as i8),
             Elements::U8(o) => o.push(int(0.0, 255.0, "UINT8")? as u8),
             Elements::Bytes(_) => return Err(E::custom("BYTES elements must be strings")),
+            Elements::Typed(_) => {}
         }
         Ok(())
     }
+}
+
+/// A JSON number as parsed: integers exactly (an INT64 id above 2^53 must not round).
+#[derive(Clone, Copy)]
+enum Num {
+    /// A float, and whether it has no fractional part.
+    F(f64, bool),
+    I(i128),
+}
+
+/// Appends one JSON number to typed data, refusing values the datatype cannot hold.
+fn push_typed(d: &mut TensorData, n: Num) -> Result<(), String> {
+    fn int<T: TryFrom<i128>>(n: Num, name: &str) -> Result<T, String> {
+        let i = match n {
+            Num::I(i) => i,
+            Num::F(v, true) if v.abs() < 9.0e15 => v as i128,
+            Num::F(v, _) => return Err(format!("{v} is not an {name} value")),
+        };
+        T::try_from(i).map_err(|_| format!("{i} is not an {name} value"))
+    }
+    let float = |n: Num| match n {
+        Num::F(v, _) => v,
+        Num::I(i) => i as f64,
+    };
+    match d {
+        TensorData::F16(o) => {
+            let x = half::f16::from_f64(float(n));
+            if !x.is_finite() {
+                return Err(format!("{} does not fit in FP16", float(n)));
+            }
+            o.push(x)
+        }
+        TensorData::F64(o) => o.push(float(n)),
+        TensorData::F32(o) => o.push(float(n) as f32),
+        TensorData::I8(o) => o.push(int(n, "INT8")?),
+        TensorData::U8(o) => o.push(int(n, "UINT8")?),
+        TensorData::I16(o) => o.push(int(n, "INT16")?),
+        TensorData::U16(o) => o.push(int(n, "UINT16")?),
+        TensorData::I32(o) => o.push(int(n, "INT32")?),
+        TensorData::U32(o) => o.push(int(n, "UINT32")?),
+        TensorData::I64(o) => o.push(int(n, "INT64")?),
+        TensorData::U64(o) => o.push(int(n, "UINT64")?),
+        TensorData::Bool(o) => match int::<u8>(n, "BOOL")? {
+            0 => o.push(false),
+            1 => o.push(true),
+            v => return Err(format!("{v} is not a BOOL value (0 or 1)")),
+        },
+    }
+    Ok(())
 }
 
 impl<'de> Visitor<'de> for Flatten<'_> {
@@ -497,10 +585,16 @@ impl<'de> Visitor<'de> for Flatten<'_> {
         Ok(())
     }
     fn visit_u64<E: serde::de::Error>(mut self, v: u64) -> Result<(), E> {
-        self.push_number(v as f64, true)
+        self.push(Num::I(i128::from(v)))
     }
     fn visit_i64<E: serde::de::Error>(mut self, v: i64) -> Result<(), E> {
-        self.push_number(v as f64, true)
+        self.push(Num::I(i128::from(v)))
+    }
+    fn visit_bool<E: serde::de::Error>(mut self, v: bool) -> Result<(), E> {
+        match self.out {
+            Elements::Typed(TensorData::Bool(_)) => self.push(Num::I(i128::from(v))),
+            _ => Err(E::custom(format!("`{v}` where a number was expected"))),
+        }
     }
     fn visit_f64<E: serde::de::Error>(mut self, v: f64) -> Result<(), E> {
         self.push_number(v, v.fract() == 0.0)
@@ -716,8 +810,19 @@ pub fn encode_response(
                 } else {
                     let data = match &o.tensor.data {
                         TensorData::F32(v) => json!(v),
+                        TensorData::F16(v) => {
+                            json!(v.iter().map(|x| x.to_f32()).collect::<Vec<_>>())
+                        }
+                        TensorData::F64(v) => json!(v),
                         TensorData::I8(v) => json!(v),
                         TensorData::U8(v) => json!(v),
+                        TensorData::I16(v) => json!(v),
+                        TensorData::U16(v) => json!(v),
+                        TensorData::I32(v) => json!(v),
+                        TensorData::U32(v) => json!(v),
+                        TensorData::I64(v) => json!(v),
+                        TensorData::U64(v) => json!(v),
+                        TensorData::Bool(v) => json!(v),
                     };
                     entry.insert("data".into(), data);
                 }

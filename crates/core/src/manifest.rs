@@ -615,6 +615,15 @@ impl Manifest {
                 if inp.shape[0] != 1 {
                     return Err(invalid("input.shape", "batch dimension must be 1".into()));
                 }
+                if !(inp.dtype.is_float() || inp.dtype.is_quantized()) {
+                    return Err(invalid(
+                        "input.preprocess",
+                        format!(
+                            "`{}` is {}: an image can only become a float, int8 or uint8 tensor",
+                            inp.name, inp.dtype
+                        ),
+                    ));
+                }
                 check_preprocess(&invalid, inp, pre)?;
             }
             check_quant(&invalid, "input.quantization", inp.dtype, inp.quantization)?;

@@ -13,7 +13,7 @@ pub enum NpyError {
     Version(u8, u8),
     #[error("malformed .npy header: {0}")]
     Header(String),
-    #[error("unsupported .npy dtype `{0}` (beltbox reads <f4, |i1, |u1)")]
+    #[error("unsupported .npy dtype `{0}` (beltbox reads little-endian float16/32/64, int8-64, uint8-64 and bool)")]
     Dtype(String),
     #[error("Fortran-ordered .npy arrays are not supported; save with C order")]
     FortranOrder,
@@ -64,12 +64,7 @@ pub fn parse(bytes: &[u8]) -> Result<Tensor, NpyError> {
     let header = std::str::from_utf8(header).map_err(|_| NpyError::Header("not text".into()))?;
     let descr = dict_value(header, "descr")?;
     let descr = descr.trim_matches(|c| c == '\'' || c == '"');
-    let dtype = match descr {
-        "<f4" => DType::Float32,
-        "|i1" | "<i1" | "i1" => DType::Int8,
-        "|u1" | "<u1" | "u1" => DType::Uint8,
-        other => return Err(NpyError::Dtype(other.to_string())),
-    };
+    let dtype = DType::from_npy_descr(descr).ok_or_else(|| NpyError::Dtype(descr.to_string()))?;
     match dict_value(header, "fortran_order")?.as_str() {
         "False" => {}
         "True" => return Err(NpyError::FortranOrder),
@@ -90,25 +85,14 @@ pub fn parse(bytes: &[u8]) -> Result<Tensor, NpyError> {
             actual: data.len(),
         });
     }
-    let data = match dtype {
-        DType::Float32 => TensorData::F32(
-            data.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        ),
-        DType::Int8 => TensorData::I8(data.iter().map(|&b| b as i8).collect()),
-        DType::Uint8 => TensorData::U8(data.to_vec()),
-    };
+    let data = TensorData::from_le_bytes(dtype, data)
+        .ok_or_else(|| NpyError::Header(format!("{dtype} data holds a value that is not one")))?;
     Ok(Tensor::new(shape, data))
 }
 
 /// Serialises a tensor as .npy v1.0 (what `np.save` writes for these dtypes).
 pub fn to_bytes(t: &Tensor) -> Vec<u8> {
-    let descr = match t.dtype() {
-        DType::Float32 => "<f4",
-        DType::Int8 => "|i1",
-        DType::Uint8 => "|u1",
-    };
+    let descr = t.dtype().npy_descr();
     let shape = match t.shape.len() {
         1 => format!("({},)", t.shape[0]),
         _ => format!(
@@ -125,7 +109,7 @@ pub fn to_bytes(t: &Tensor) -> Vec<u8> {
     let unpadded = MAGIC.len() + 2 + 2 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + t.len() * 4);
+    let mut out = Vec::with_capacity(10 + header.len() + t.len() * t.dtype().size_of());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
@@ -200,10 +184,33 @@ mod tests {
             parse(&bytes[..bytes.len() - 1]),
             Err(NpyError::Size { .. })
         ));
-        let mut f64_header = bytes.clone();
-        let at = f64_header.windows(3).position(|w| w == b"|u1").unwrap();
-        f64_header[at..at + 3].copy_from_slice(b"<f8");
-        assert_eq!(parse(&f64_header), Err(NpyError::Dtype("<f8".into())));
+        let mut complex_header = bytes.clone();
+        let at = complex_header.windows(3).position(|w| w == b"|u1").unwrap();
+        complex_header[at..at + 3].copy_from_slice(b"<c8");
+        assert_eq!(parse(&complex_header), Err(NpyError::Dtype("<c8".into())));
+        let mut big_endian = bytes.clone();
+        big_endian[at..at + 3].copy_from_slice(b">u2");
+        assert_eq!(parse(&big_endian), Err(NpyError::Dtype(">u2".into())));
+        // A bool byte that is neither 0 nor 1 is not a bool.
+        let b = to_bytes(&Tensor::new(vec![2], TensorData::Bool(vec![true, false])));
+        let mut bad = b.clone();
+        let last = bad.len() - 1;
+        bad[last] = 7;
+        assert!(matches!(parse(&bad), Err(NpyError::Header(_))));
+        assert_eq!(parse(&b).unwrap().data, TensorData::Bool(vec![true, false]));
+    }
+
+    #[test]
+    fn every_dtype_round_trips() {
+        use crate::tensor::DType;
+        for &dt in DType::ALL {
+            let bytes: Vec<u8> = (0..3 * dt.size_of()).map(|i| (i % 2) as u8).collect();
+            let data = TensorData::from_le_bytes(dt, &bytes).unwrap();
+            let t = Tensor::new(vec![3], data);
+            let back = parse(&to_bytes(&t)).unwrap();
+            assert_eq!(back, t, "{dt}");
+            assert_eq!(back.as_bytes(), bytes, "{dt}");
+        }
     }
 
     proptest! {

@@ -43,6 +43,8 @@ pub enum PreprocessError {
     },
     #[error("input contains NaN or infinite values")]
     NotFinite,
+    #[error("raw input is not valid {dtype} data (a bool byte must be 0 or 1)")]
+    Invalid { dtype: DType },
     #[error("the model input `{name}` takes tensors (NPY or raw bytes), not images: its manifest has no [input.preprocess]")]
     TensorOnly { name: String },
 }
@@ -74,6 +76,9 @@ pub enum Elements {
     U8(Vec<u8>),
     /// Encoded files (PNG, PGM, NPY), one per element.
     Bytes(Vec<Vec<u8>>),
+    /// Any other element type, taken only as the model tensor itself (same dtype, same
+    /// shape): int64 ids, bool masks, float16 tensors...
+    Typed(TensorData),
 }
 
 impl Elements {
@@ -83,6 +88,7 @@ impl Elements {
             Elements::I8(v) => v.len(),
             Elements::U8(v) => v.len(),
             Elements::Bytes(v) => v.len(),
+            Elements::Typed(d) => d.len(),
         }
     }
 
@@ -128,7 +134,7 @@ pub fn from_elements(
         t
     };
     match data {
-        Elements::F32(v) if exact_shape => match spec.dtype {
+        Elements::F32(v) if exact_shape && takes_reals(spec.dtype) => match spec.dtype {
             DType::Float32 => Ok(tensor(TensorData::F32(v))),
             q => Ok(tensor(quantize(&v, q, spec.quantization))),
         },
@@ -167,6 +173,7 @@ pub fn from_elements(
             [file] => Ok(prepare(file, InputKind::Auto, spec)?),
             _ => Err(ElementsError::FileCount(v.len())),
         },
+        Elements::Typed(d) if exact_shape && d.dtype() == spec.dtype => Ok(tensor(d)),
         _ => Err(ElementsError::Mismatch),
     }
 }
@@ -199,20 +206,11 @@ fn from_raw(bytes: &[u8], spec: &InputSpec) -> Result<Tensor, PreprocessError> {
             got: bytes.len(),
         });
     }
-    let data = match spec.dtype {
-        DType::Float32 => {
-            let v: Vec<f32> = bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            if v.iter().any(|x| !x.is_finite()) {
-                return Err(PreprocessError::NotFinite);
-            }
-            TensorData::F32(v)
-        }
-        DType::Int8 => TensorData::I8(bytes.iter().map(|&b| b as i8).collect()),
-        DType::Uint8 => TensorData::U8(bytes.to_vec()),
-    };
+    let data = TensorData::from_le_bytes(spec.dtype, bytes)
+        .ok_or(PreprocessError::Invalid { dtype: spec.dtype })?;
+    if data.to_f32().iter().any(|x| !x.is_finite()) && spec.dtype.is_float() {
+        return Err(PreprocessError::NotFinite);
+    }
     Ok(with_quant(Tensor::new(spec.shape.clone(), data), spec))
 }
 
@@ -224,10 +222,10 @@ fn from_npy(t: Tensor, spec: &InputSpec) -> Result<Tensor, PreprocessError> {
         });
     }
     match (&t.data, spec.dtype) {
-        (TensorData::F32(v), _) if v.iter().any(|x| !x.is_finite()) => {
+        (d, _) if d.dtype().is_float() && d.to_f32().iter().any(|x| !x.is_finite()) => {
             Err(PreprocessError::NotFinite)
         }
-        (TensorData::F32(v), DType::Int8 | DType::Uint8) => {
+        (TensorData::F32(v), DType::Int8 | DType::Uint8 | DType::Float16 | DType::Float64) => {
             let q = quantize(v, spec.dtype, spec.quantization);
             Ok(with_quant(Tensor::new(t.shape, q), spec))
         }
@@ -428,8 +426,19 @@ pub fn quantize(x: &[f32], dtype: DType, q: Option<QuantParams>) -> TensorData {
     match dtype {
         DType::Int8 => TensorData::I8(x.iter().map(|&v| qf(v) as i8).collect()),
         DType::Uint8 => TensorData::U8(x.iter().map(|&v| qf(v) as u8).collect()),
-        DType::Float32 => TensorData::F32(x.to_vec()),
+        DType::Float16 => TensorData::F16(x.iter().map(|&v| half::f16::from_f32(v)).collect()),
+        DType::Float64 => TensorData::F64(x.iter().map(|&v| f64::from(v)).collect()),
+        // Float32, and the plain integer types no caller sends here: `takes_reals` keeps
+        // real-valued data away from them (an int64 id is never a rounded float).
+        _ => TensorData::F32(x.to_vec()),
     }
+}
+
+/// Whether real values (images, FP32 tensors) can become this input: float inputs, and
+/// int8/uint8 inputs through their quantisation. Plain integer and bool inputs take their
+/// own dtype only.
+pub fn takes_reals(dtype: DType) -> bool {
+    dtype.is_float() || dtype.is_quantized()
 }
 
 #[cfg(test)]

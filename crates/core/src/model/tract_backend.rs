@@ -31,13 +31,43 @@ pub struct TractBackend {
     states: Mutex<Vec<State>>,
 }
 
-fn dt(d: DType) -> DatumType {
-    match d {
-        DType::Float32 => DatumType::F32,
-        DType::Int8 => DatumType::I8,
-        DType::Uint8 => DatumType::U8,
-    }
+// tract's `DatumType` names its variants as `TensorData` does (F32, I64, Bool...), so the
+// conversions are generated from the one dtype table.
+macro_rules! tract_conversions {
+    ($(($d:ident, $v:ident, $t:ty, $name:literal, $npy:literal)),* $(,)?) => {
+        fn dt(d: DType) -> DatumType {
+            match d {
+                $(DType::$d => DatumType::$v,)*
+            }
+        }
+
+        fn to_tract(t: &BbTensor) -> TractResult<Tensor> {
+            match &t.data {
+                $(TensorData::$v(v) => Tensor::from_shape(&t.shape, v),)*
+            }
+        }
+
+        fn from_tract(t: &Tensor) -> Result<BbTensor, BackendError> {
+            fn plain<D: Datum + Copy>(t: &Tensor) -> Result<Vec<D>, BackendError> {
+                let view = t
+                    .to_plain_array_view::<D>()
+                    .map_err(|e| BackendError::Run(root_cause(&e)))?;
+                Ok(view.iter().copied().collect())
+            }
+            let data = match t.datum_type() {
+                $(DatumType::$v => TensorData::$v(plain::<$t>(t)?),)*
+                other => {
+                    return Err(BackendError::Run(format!(
+                        "the model produced a {other:?} tensor; beltbox passes on {}",
+                        DType::ALL.iter().map(|d| d.name()).collect::<Vec<_>>().join(", ")
+                    )))
+                }
+            };
+            Ok(BbTensor::new(t.shape().to_vec(), data))
+        }
+    };
 }
+crate::tensor::dtypes!(tract_conversions);
 
 /// tract is third-party code fed untrusted bytes: a panic inside it must become an error,
 /// never take the process down.
@@ -234,35 +264,6 @@ impl TractBackend {
     pub fn runnable(&self) -> &TypedRunnableModel {
         &self.plan
     }
-}
-
-fn to_tract(t: &BbTensor) -> TractResult<Tensor> {
-    match &t.data {
-        TensorData::F32(v) => Tensor::from_shape(&t.shape, v),
-        TensorData::I8(v) => Tensor::from_shape(&t.shape, v),
-        TensorData::U8(v) => Tensor::from_shape(&t.shape, v),
-    }
-}
-
-fn from_tract(t: &Tensor) -> Result<BbTensor, BackendError> {
-    fn plain<D: Datum + Copy>(t: &Tensor) -> Result<Vec<D>, BackendError> {
-        let view = t
-            .to_plain_array_view::<D>()
-            .map_err(|e| BackendError::Run(root_cause(&e)))?;
-        Ok(view.iter().copied().collect())
-    }
-    let shape = t.shape().to_vec();
-    let data = match t.datum_type() {
-        DatumType::F32 => TensorData::F32(plain::<f32>(t)?),
-        DatumType::I8 => TensorData::I8(plain::<i8>(t)?),
-        DatumType::U8 => TensorData::U8(plain::<u8>(t)?),
-        other => {
-            return Err(BackendError::Run(format!(
-                "graph output has type {other:?}; beltbox reads f32, i8 and u8 outputs (end the graph with DequantizeLinear)"
-            )))
-        }
-    };
-    Ok(BbTensor::new(shape, data))
 }
 
 impl Backend for TractBackend {

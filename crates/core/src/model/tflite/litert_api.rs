@@ -22,7 +22,6 @@ use super::{
     c_str, element_count, quant_for, shape_from_dims, symbol, AlignedBytes, CpuKernels, Engine,
     IoSpec, Loaded, TfliteError,
 };
-use crate::tensor::DType;
 
 type Status = c_int;
 const STATUS_OK: Status = 0;
@@ -119,10 +118,7 @@ struct PerTensorQuant {
     zero_point: i64,
 }
 
-// LiteRtElementType (values mirror TfLiteType).
-const ELEMENT_FLOAT32: c_int = 1;
-const ELEMENT_UINT8: c_int = 3;
-const ELEMENT_INT8: c_int = 9;
+// LiteRtElementType values mirror TfLiteType: see `super::dtype_of`.
 // LiteRtTensorTypeId.
 const RANKED_TENSOR_TYPE: c_int = 0;
 // LiteRtQuantizationTypeId.
@@ -716,16 +712,12 @@ fn tensor_spec(
         .map(|&d| i64::from(d))
         .collect();
     let shape = shape_from_dims(role, index, &name, &dims)?;
-    let dtype = match ty.element_type {
-        ELEMENT_FLOAT32 => DType::Float32,
-        ELEMENT_INT8 => DType::Int8,
-        ELEMENT_UINT8 => DType::Uint8,
-        other => {
-            return Err(unsupported(format!(
-            "element type {other} (TfLiteType numbering); only float32, int8, uint8 are supported"
-        )))
-        }
-    };
+    let dtype = super::dtype_of(ty.element_type).ok_or_else(|| {
+        unsupported(format!(
+            "element type {} (TfLiteType numbering); beltbox passes on numeric and bool tensors",
+            ty.element_type
+        ))
+    })?;
     let mut q_type: c_int = 0;
     // SAFETY: `t` is live; `q_type` is a valid out-pointer.
     check("LiteRtGetQuantizationTypeId", unsafe {

@@ -806,19 +806,35 @@ fn output_tensor(spec: &IoSpec, data: Vec<u8>) -> Result<Tensor, TfliteError> {
             ),
         });
     }
-    let data = match spec.dtype {
-        DType::Float32 => TensorData::F32(
-            data.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        ),
-        DType::Int8 => TensorData::I8(data.into_iter().map(|b| b as i8).collect()),
-        DType::Uint8 => TensorData::U8(data),
-    };
+    let data =
+        TensorData::from_le_bytes(spec.dtype, &data).ok_or_else(|| TfliteError::Runtime {
+            call: "read output",
+            detail: format!("output {}: not valid {} data", spec.name, spec.dtype),
+        })?;
     Ok(Tensor {
         shape: spec.shape.clone(),
         data,
         quant: spec.quant,
+    })
+}
+
+/// The dtype of a `TfLiteType` (LiteRT's element types use the same numbering); `None`
+/// for strings, complex, resources and sub-byte types.
+pub(crate) fn dtype_of(ty: std::os::raw::c_int) -> Option<DType> {
+    Some(match ty {
+        1 => DType::Float32,
+        2 => DType::Int32,
+        3 => DType::Uint8,
+        4 => DType::Int64,
+        6 => DType::Bool,
+        7 => DType::Int16,
+        9 => DType::Int8,
+        10 => DType::Float16,
+        11 => DType::Float64,
+        13 => DType::Uint64,
+        16 => DType::Uint32,
+        17 => DType::Uint16,
+        _ => return None,
     })
 }
 

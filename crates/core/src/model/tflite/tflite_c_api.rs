@@ -13,7 +13,6 @@ use super::{
     c_str, element_count, quant_for, shape_from_dims, symbol, AlignedBytes, Engine, IoSpec, Loaded,
     TfliteError,
 };
-use crate::tensor::DType;
 
 type Status = c_int;
 const STATUS_OK: Status = 0;
@@ -38,10 +37,7 @@ struct QuantizationParams {
     zero_point: i32,
 }
 
-// TfLiteType.
-const TYPE_FLOAT32: c_int = 1;
-const TYPE_UINT8: c_int = 3;
-const TYPE_INT8: c_int = 9;
+// TfLiteType values: see `super::dtype_of`.
 
 macro_rules! api {
     ($($field:ident: $sym:literal => fn($($arg:ty),* $(,)?) $(-> $ret:ty)?;)*) => {
@@ -302,16 +298,11 @@ fn tensor_spec(
     let shape = shape_from_dims(role, index, &name, &dims)?;
     // SAFETY: live tensor.
     let ty = unsafe { (f.tensor_type)(t) };
-    let dtype = match ty {
-        TYPE_FLOAT32 => DType::Float32,
-        TYPE_INT8 => DType::Int8,
-        TYPE_UINT8 => DType::Uint8,
-        other => {
-            return Err(unsupported(format!(
-                "TfLiteType {other}; only float32, int8, uint8 are supported"
-            )))
-        }
-    };
+    let dtype = super::dtype_of(ty).ok_or_else(|| {
+        unsupported(format!(
+            "TfLiteType {ty}; beltbox passes on numeric and bool tensors"
+        ))
+    })?;
     // SAFETY: live tensor; the struct is returned by value.
     let q = unsafe { (f.tensor_quantization_params)(t) };
     let quant = quant_for(dtype, q.scale, i64::from(q.zero_point));
