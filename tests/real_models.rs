@@ -76,3 +76,33 @@ real_models!(
     face_detection_short_range_fp32 => "face-detection-short-range-fp32",
     face_landmark_fp32 => "face-landmark-fp32",
 );
+
+/// Detection postprocessing on the real detectors agrees with the vendors' own
+/// (tests/real_models/detections.py: rapid-layout's PPPostProcess for the PicoDet head,
+/// nudenet's rule for YOLOv8), decoding the very tensors `beltbox infer` produced.
+#[test]
+fn detections_agree_with_the_vendors_postprocessing() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var_os("PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join(".cache/ort-venv/bin/python"));
+    let out = std::process::Command::new(&python)
+        .arg(repo.join("tests/real_models/detections.py"))
+        .arg(env!("CARGO_BIN_EXE_beltbox"))
+        .arg(packages())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run `bash tests/real_models/fetch.sh` first",
+                python.display()
+            )
+        });
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(out.status.code(), Some(77), "skipped: {log}");
+    assert!(out.status.success(), "{log}");
+    eprintln!("{log}");
+}

@@ -16,6 +16,10 @@ Tolerances come from the measured spread of the reference runtime's own acceptab
 the samples, doubled, with a floor (2 output steps for quantised outputs, 1e-4 and 1e-5 of
 the output's peak for float outputs). --atol sets one fixed tolerance and skips that study.
 
+Models with several inputs take each sample as NAME=FILE,NAME=FILE,... (every input once); the
+references are fed every input. --task detection writes task = "detection" on the detector's
+outputs and the [detection] section that tells beltbox how to decode them into boxes.
+
 Needs numpy, onnx + onnxruntime (ONNX models) or ai-edge-litert (TFLite models); the repo's
 venv has them: .cache/ort-venv/bin/python tools/pack.py --help
 
@@ -52,18 +56,29 @@ repo's venv: .cache/ort-venv/bin/python tools/pack.py ...):
   tools/pack.py mobilenet.onnx --sample cat.npy --sample dog.npy \\
       --labels imagenet.txt --out /tmp/mobilenet-fp32
 
-  # an ORT-quantised detector with a symbolic input shape (fixed at 1x3x640x640)
+  # an ORT-quantised model with a symbolic input shape (fixed at 1x3x640x640)
   tools/pack.py yolo-int8.onnx --shape 1,3,640,640 --sample frame.npy --out /tmp/yolo-int8
+
+  # a YOLOv8 detector: boxes decoded by beltbox (classes inferred from output0 [1, 4+C, N])
+  tools/pack.py yolov8n.onnx --shape 1,3,640,640 --sample frame.npy \\
+      --task detection --detection-head yolo --labels coco.txt --out /tmp/yolov8n
 
   # a TFLite model with image samples (PNG/PGM, converted and resized as beltbox does)
   tools/pack.py face.tflite --image rgb --scale 2 --mean 1,1,1 --sample face.png --out /tmp/face
 
+  # a model with two inputs: each sample names every input once; --shape and the image
+  # options name their input
+  tools/pack.py det.onnx --shape image=1,3,640,640 --image rgb --image-input image \\
+      --sample image=a.png,scale_factor=a_sf.npy --sample image=b.png,scale_factor=b_sf.npy --out /tmp/det
+
   # then check it on beltbox (loading runs the golden self-check):
   beltbox infer --model /tmp/mobilenet-fp32 --input /tmp/mobilenet-fp32/golden/000.in.npy --json
+  beltbox infer --model /tmp/det --input image=a.png --input scale_factor=a_sf.npy --json
 
 A sample is a .npy tensor (the model input itself; a missing batch axis of 1 is added), or,
 with --image, a PNG/PGM image that is converted exactly as beltbox converts images (colour,
-resize, normalisation, layout, quantisation); images are stored as the resulting .npy tensors.
+resize, normalisation, layout, quantisation); images are stored as the resulting .npy tensors
+(golden/NNN.in.npy; with several inputs golden/NNN.in0.npy, NNN.in1.npy, ... in manifest order).
 Make a random sample with numpy, e.g.:
   python -c "import numpy as np; np.save('s.npy', np.random.default_rng(0).random((1,3,224,224), np.float32))"
 
@@ -162,6 +177,7 @@ QOUT_PARAMS = {
     "QLinearConcat": (0, 1),
 }
 PASSTHROUGH = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
+MAX_INPUTS = 16  # as beltbox's manifest (crates/core/src/manifest.rs)
 SUPPORTED_DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8"}
 
 
@@ -186,13 +202,13 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def parse_int_list(text: str, what: str) -> list:
+def parse_int_list(text: str, what: str, example: str = "1,3,224,224") -> list:
     try:
         vals = [int(v) for v in text.replace("x", ",").split(",") if v.strip() != ""]
     except ValueError:
-        raise UsageError(f"{what}: `{text}` is not a comma-separated list of integers (e.g. 1,3,224,224)")
+        raise UsageError(f"{what}: `{text}` is not a comma-separated list of integers (e.g. {example})")
     if not vals or any(v <= 0 for v in vals):
-        raise UsageError(f"{what}: `{text}` must list positive integers (e.g. 1,3,224,224)")
+        raise UsageError(f"{what}: `{text}` must list positive integers (e.g. {example})")
     return vals
 
 
@@ -463,18 +479,27 @@ def quantise(x: np.ndarray, dtype: str, quant) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Model inspection
 # ---------------------------------------------------------------------------------------------
+class InputInfo:
+    """One model input: name, dims (None for a symbolic dim; None = rank unknown), dtype and
+    quantisation (integer inputs)."""
+
+    def __init__(self, name):
+        self.name = name
+        self.dims = None  # list of int or None (symbolic); None = rank unknown
+        self.dtype = None  # numpy dtype
+        self.quant = None  # (scale, zero_point) or None
+        self.quant_guessed = False
+        self.dynamic = False  # TFLite: the signature has dynamic dims
+
+
 class ModelInfo:
-    """format, precision_detected, input (name, dims with None for symbolic, dtype, quant),
-    int8 graph facts (output steps, output quantisation)."""
+    """format, precision_detected, inputs (graph / interpreter order), int8 graph facts
+    (output steps, output quantisation)."""
 
     def __init__(self):
         self.format = None
         self.detected = None  # "fp32" | "int8-qdq" | "int8-qoperator" | "int8-tflite"
-        self.input_name = None
-        self.input_dims = None  # list of int or None (symbolic); None = rank unknown
-        self.input_dtype = None  # numpy dtype
-        self.input_quant = None  # (scale, zero_point) or None
-        self.input_quant_guessed = False
+        self.inputs = []  # [InputInfo], ONNX graph order / TFLite interpreter order
         self.output_names = []
         self.output_quant = {}  # name -> (scale, zp) for integer outputs
         self.output_steps = {}  # name -> float step for dequantised float outputs
@@ -523,19 +548,19 @@ def inspect_onnx(path: Path) -> ModelInfo:
     info.onnx_model = m
     inits = {i.name for i in m.graph.initializer}
     inputs = [i for i in m.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        names = ", ".join(f"`{i.name}`" for i in inputs) or "none"
-        raise PackError(
-            f"{path}: the model has {len(inputs)} inputs ({names}); beltbox runs models with exactly one input today"
-        )
-    inp = inputs[0]
-    info.input_name = inp.name
-    tt = inp.type.tensor_type
-    if not inp.type.HasField("tensor_type"):
-        raise PackError(f"{path}: input `{inp.name}` is not a tensor")
-    info.input_dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else None
-    if tt.HasField("shape"):
-        info.input_dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
+    if not inputs:
+        raise PackError(f"{path}: the model has no inputs (every graph input is an initializer)")
+    if len(inputs) > MAX_INPUTS:
+        raise PackError(f"{path}: the model has {len(inputs)} inputs; beltbox runs models with at most {MAX_INPUTS}")
+    for inp in inputs:
+        if not inp.type.HasField("tensor_type"):
+            raise PackError(f"{path}: input `{inp.name}` is not a tensor")
+        ii = InputInfo(inp.name)
+        tt = inp.type.tensor_type
+        ii.dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else None
+        if tt.HasField("shape"):
+            ii.dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
+        info.inputs.append(ii)
     info.output_names = [o.name for o in m.graph.output]
 
     ops = {n.op_type for n in m.graph.node}
@@ -571,16 +596,18 @@ def inspect_onnx(path: Path) -> ModelInfo:
         info.output_steps[out.name] = step
         if quant is not None:
             info.output_quant[out.name] = quant
-    if info.input_dtype is not None and info.input_dtype in (np.dtype(np.int8), np.dtype(np.uint8)):
+    for ii in info.inputs:
+        if ii.dtype is None or ii.dtype not in (np.dtype(np.int8), np.dtype(np.uint8)):
+            continue
         for n in m.graph.node:
-            if n.op_type == "DequantizeLinear" and n.input[0] == inp.name:
-                s = _scalar(consts, n.input[1])
+            if n.op_type == "DequantizeLinear" and n.input[0] == ii.name:
+                sc = _scalar(consts, n.input[1])
                 z = _scalar(consts, n.input[2] if len(n.input) > 2 else "", 0)
-                if s is not None and z is not None:
-                    info.input_quant = (float(np.float32(s)), int(z))
+                if sc is not None and z is not None:
+                    ii.quant = (float(np.float32(sc)), int(z))
                 break
-        if info.input_quant is None:
-            info.input_quant, info.input_quant_guessed = (1.0, 0), True
+        if ii.quant is None:
+            ii.quant, ii.quant_guessed = (1.0, 0), True
     return info
 
 
@@ -617,21 +644,25 @@ def inspect_tflite(path: Path) -> ModelInfo:
     info = ModelInfo()
     info.format = "tflite"
     ins = it.get_input_details()
-    if len(ins) != 1:
-        names = ", ".join(f"`{d['name']}`" for d in ins) or "none"
-        raise PackError(f"{path}: the model has {len(ins)} inputs ({names}); beltbox runs models with exactly one input today")
-    d = ins[0]
-    info.input_name = d["name"]
-    info.input_dims = [int(v) for v in d["shape"]]
-    sig = d.get("shape_signature")
-    info.tflite_dynamic = sig is not None and any(int(v) < 0 for v in sig)
-    info.input_dtype = np.dtype(d["dtype"])
-    q = _tflite_quant(d)
-    if q == "per-channel":
-        raise PackError(f"{path}: input `{d['name']}` has per-channel quantisation; beltbox needs one scale")
-    if info.input_dtype in (np.dtype(np.int8), np.dtype(np.uint8)):
-        info.input_quant = q if q is not None else (1.0, 0)
-        info.input_quant_guessed = q is None
+    if not ins:
+        raise PackError(f"{path}: the model has no inputs")
+    if len(ins) > MAX_INPUTS:
+        raise PackError(f"{path}: the model has {len(ins)} inputs; beltbox runs models with at most {MAX_INPUTS}")
+    for d in ins:
+        ii = InputInfo(d["name"])
+        ii.dims = [int(v) for v in d["shape"]]
+        sig = d.get("shape_signature")
+        ii.dynamic = sig is not None and any(int(v) < 0 for v in sig)
+        ii.dtype = np.dtype(d["dtype"])
+        q = _tflite_quant(d)
+        if q == "per-channel":
+            raise PackError(f"{path}: input `{d['name']}` has per-channel quantisation; beltbox needs one scale")
+        if ii.dtype in (np.dtype(np.int8), np.dtype(np.uint8)):
+            ii.quant = q if q is not None else (1.0, 0)
+            ii.quant_guessed = q is None
+        info.inputs.append(ii)
+    if len({ii.name for ii in info.inputs}) != len(info.inputs):
+        raise PackError(f"{path}: two inputs share a name ({', '.join(ii.name for ii in info.inputs)}); the manifest names each input")
     outs = it.get_output_details()
     info.output_names = [o["name"] for o in outs]
     for o in outs:
@@ -649,7 +680,7 @@ def inspect_tflite(path: Path) -> ModelInfo:
     info.detected = "int8-tflite" if quantised else "fp32"
     try:  # activation estimate: the 4 largest op outputs (bytes)
         td = {t["index"]: t for t in it.get_tensor_details()}
-        act = {int(o) for op in it._get_ops_details() for o in op["outputs"]} | {d["index"]}
+        act = {int(o) for op in it._get_ops_details() for o in op["outputs"]} | {int(d["index"]) for d in ins}
         sizes = sorted((int(np.prod(td[i]["shape"])) * np.dtype(td[i]["dtype"]).itemsize for i in act if i in td), reverse=True)
         info.act_bytes = sum(sizes[:4])
     except Exception:
@@ -657,8 +688,9 @@ def inspect_tflite(path: Path) -> ModelInfo:
     return info
 
 
-def onnx_activation_bytes(m, input_name: str, shape) -> int:
-    """Sum of the 4 largest activation tensors at the fixed input shape (ONNX shape inference)."""
+def onnx_activation_bytes(m, shapes: dict) -> int:
+    """Sum of the 4 largest activation tensors at the fixed input shapes (ONNX shape inference);
+    `shapes` maps each input name to its concrete shape."""
     try:
         import onnx
         from onnx import helper
@@ -666,11 +698,11 @@ def onnx_activation_bytes(m, input_name: str, shape) -> int:
         m2 = onnx.ModelProto()
         m2.CopyFrom(m)
         for i in m2.graph.input:
-            if i.name == input_name:
+            if i.name in shapes:
                 dims = i.type.tensor_type.shape.dim
                 while len(dims):
                     dims.pop()
-                for v in shape:
+                for v in shapes[i.name]:
                     dims.add().dim_value = int(v)
         m2 = onnx.shape_inference.infer_shapes(m2)
         inits = {i.name for i in m2.graph.initializer}
@@ -718,17 +750,19 @@ def ort_mode_text(level: str, config) -> str:
     return s
 
 
-def run_onnx(model_path: Path, modes, input_name: str, samples):
-    """{label: [[output arrays] per sample]} for every mode (first = golden)."""
+def run_onnx(model_path: Path, modes, input_names, samples):
+    """{label: [[output arrays] per sample]} for every mode (first = golden). Each sample is one
+    tensor per input, in `input_names` order; every input is fed by name."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         raise PackError("the `onnxruntime` Python package is missing (use .cache/ort-venv/bin/python)")
     results = {}
     for label, level, config in modes:
+        sess = None
         try:
             sess = ort_session(model_path, level, config)
-            results[label] = [[np.asarray(o) for o in sess.run(None, {input_name: x})] for x in samples]
+            results[label] = [[np.asarray(o) for o in sess.run(None, dict(zip(input_names, xs)))] for xs in samples]
         except Exception as e:
             raise PackError(f"onnxruntime ({label}) failed on the model: {one_line(e)}")
         finally:
@@ -738,14 +772,16 @@ def run_onnx(model_path: Path, modes, input_name: str, samples):
 
 
 def run_tflite(model_path: Path, modes, samples):
+    """As run_onnx; each sample holds one tensor per input in the interpreter's input order."""
     results = {}
     for mode in modes:
         try:
             it = tflite_interpreter(model_path, mode)
-            ind, outd = it.get_input_details()[0], it.get_output_details()
+            ind, outd = it.get_input_details(), it.get_output_details()
             res = []
-            for x in samples:
-                it.set_tensor(ind["index"], x)
+            for xs in samples:
+                for d, x in zip(ind, xs):
+                    it.set_tensor(d["index"], x)
                 it.invoke()
                 res.append([it.get_tensor(o["index"]).copy() for o in outd])
             results[mode] = res
@@ -758,44 +794,125 @@ def run_tflite(model_path: Path, modes, samples):
 # ---------------------------------------------------------------------------------------------
 # Arguments -> input spec and sample tensors
 # ---------------------------------------------------------------------------------------------
-def resolve_input(args, info: ModelInfo, npy_shapes):
-    """The concrete input shape: the model's static dims, symbolic ones fixed by --shape or by
-    the (first) .npy sample."""
-    dims = info.input_dims
-    if args.shape is not None:
-        shape = parse_int_list(args.shape, "--shape")
+def names_text(names) -> str:
+    return ", ".join(f"`{n}`" for n in names)
+
+
+def match_name(text: str, names):
+    """(name, rest) when `text` is `NAME=rest` for one of the model's input names (the longest
+    such name: names may hold `=` or `/`), else None."""
+    hits = [n for n in names if text.startswith(n + "=")]
+    if not hits:
+        return None
+    n = max(hits, key=len)
+    return n, text[len(n) + 1 :]
+
+
+def sample_form(names) -> str:
+    return "--sample " + ",".join(f"{n}=FILE" for n in names)
+
+
+def parse_sample_arg(text: str, names) -> dict:
+    """One --sample value -> {input name: file}. One input: `FILE` (or `NAME=FILE`). Several:
+    `NAME=FILE,NAME=FILE,...`, every input once, in any order; a comma followed by text without
+    `=` continues the previous file name."""
+    if len(names) == 1:
+        if Path(text).is_file():  # an existing file wins, even if its name holds `=`
+            return {names[0]: text}
+        m = match_name(text, names)
+        return {names[0]: m[1] if m else text}
+    pairs = []
+    for piece in text.split(","):
+        m = match_name(piece, names)
+        if m is not None:
+            pairs.append([m[0], m[1]])
+        elif "=" in piece:
+            raise UsageError(
+                f"--sample `{text}`: `{piece.split('=', 1)[0]}` is not an input of the model (its inputs: {names_text(names)})"
+            )
+        elif pairs:
+            pairs[-1][1] += "," + piece
+        else:
+            raise UsageError(
+                f"--sample `{text}`: the model has {len(names)} inputs ({names_text(names)}); "
+                f"give each sample as {sample_form(names)}"
+            )
+    out = {}
+    for n, f in pairs:
+        if n in out:
+            raise UsageError(f"--sample `{text}`: input `{n}` is given twice")
+        if f == "":
+            raise UsageError(f"--sample `{text}`: no file after `{n}=`")
+        out[n] = f
+    missing = [n for n in names if n not in out]
+    if missing:
+        raise UsageError(
+            f"--sample `{text}`: no file for input {names_text(missing)} (every input once: {sample_form(names)})"
+        )
+    return {n: out[n] for n in names}
+
+
+def parse_shape_args(texts, names) -> dict:
+    """--shape values -> {input name: shape text}. One input: a bare `1,3,224,224` (or
+    `NAME=...`); several: `NAME=1,3,224,224`, at most once per input."""
+    out = {}
+    for text in texts or []:
+        m = match_name(text, names)
+        if m is None:
+            if "=" in text:
+                raise UsageError(f"--shape `{text}`: `{text.split('=', 1)[0]}` is not an input of the model (its inputs: {names_text(names)})")
+            if len(names) != 1:
+                raise UsageError(
+                    f"--shape `{text}`: the model has {len(names)} inputs ({names_text(names)}); "
+                    f"name the one it is for: --shape {names[0]}={text}"
+                )
+            m = (names[0], text)
+        if m[0] in out:
+            raise UsageError(f"--shape: input `{m[0]}` is given twice")
+        out[m[0]] = m[1]
+    return out
+
+
+def resolve_input(ii: InputInfo, shape_text, npy_shapes, image: bool, fmt: str, opt: str):
+    """The concrete shape of one input: the model's static dims, symbolic ones fixed by --shape or
+    by the input's (first) .npy sample. `opt` is the option as the user writes it, before the
+    dims (`--shape ` or `--shape NAME=`)."""
+    dims = ii.dims
+    if shape_text is not None:
+        given = f"{opt}{shape_text}"
+        shape = parse_int_list(shape_text, opt.rstrip("= "))
         if dims is not None:
             if len(shape) != len(dims):
-                raise UsageError(f"--shape {shape} has rank {len(shape)} but input `{info.input_name}` has rank {len(dims)} ({fmt_dims(dims)})")
-            for k, (s, d) in enumerate(zip(shape, dims)):
-                if d is not None and s != d:
-                    raise UsageError(f"--shape {shape}: dim {k} is {s} but the model fixes it at {d} ({fmt_dims(dims)})")
-        if info.format == "tflite" and shape != dims:
+                raise UsageError(f"{given} has rank {len(shape)} but input `{ii.name}` has rank {len(dims)} ({fmt_dims(dims)})")
+            for k, (sv, d) in enumerate(zip(shape, dims)):
+                if d is not None and sv != d:
+                    raise UsageError(f"{given}: dim {k} is {sv} but the model fixes it at {d} ({fmt_dims(dims)})")
+        if fmt == "tflite" and shape != dims:
             raise UsageError(
-                f"--shape {shape}: beltbox runs a TFLite model at its own input shape {dims} (it does not resize TFLite inputs)"
+                f"{given}: beltbox runs a TFLite model at its own input shape {dims} (it does not resize TFLite inputs)"
             )
         return shape
     if dims is not None and all(d is not None for d in dims):
         return list(dims)
-    if not npy_shapes and args.image is not None and dims is not None and dims[0] is None and all(d is not None for d in dims[1:]):
-        say(f"input `{info.input_name}` {fmt_dims(dims)}: batch fixed to 1")
+    if not npy_shapes and image and dims is not None and dims[0] is None and all(d is not None for d in dims[1:]):
+        say(f"input `{ii.name}` {fmt_dims(dims)}: batch fixed to 1")
         return [1] + list(dims[1:])
     if not npy_shapes:
         raise UsageError(
-            f"input `{info.input_name}` has dynamic/symbolic dims {fmt_dims(dims)}: give the shape beltbox should run at, "
-            "e.g. --shape 1,3,224,224 (or pass .npy samples of that shape)"
+            f"input `{ii.name}` has dynamic/symbolic dims {fmt_dims(dims)}: give the shape beltbox should run at, "
+            f"e.g. {opt}1,3,224,224 (or pass .npy samples of that shape)"
         )
-    s = list(npy_shapes[0])
-    if dims is not None and len(s) == len(dims) - 1 and (dims[0] in (None, 1)):
-        s = [1] + s
-    if dims is not None and len(s) != len(dims):
-        raise UsageError(f"sample shape {list(npy_shapes[0])} does not fit input `{info.input_name}` {fmt_dims(dims)}")
+    sh = list(npy_shapes[0])
+    if dims is not None and len(sh) == len(dims) - 1 and (dims[0] in (None, 1)):
+        sh = [1] + sh
+    if dims is not None and len(sh) != len(dims):
+        raise UsageError(f"sample shape {list(npy_shapes[0])} does not fit input `{ii.name}` {fmt_dims(dims)}")
     if dims is not None:
-        for k, (a, d) in enumerate(zip(s, dims)):
+        for k, (a, d) in enumerate(zip(sh, dims)):
             if d is not None and a != d:
-                raise UsageError(f"sample shape {list(npy_shapes[0])} does not fit input `{info.input_name}` {fmt_dims(dims)} (dim {k})")
-    say(f"input `{info.input_name}` {fmt_dims(dims)}: dynamic dims fixed from the first sample to {s}")
-    return s
+                raise UsageError(f"sample shape {list(npy_shapes[0])} does not fit input `{ii.name}` {fmt_dims(dims)} (dim {k})")
+    say(f"input `{ii.name}` {fmt_dims(dims)}: dynamic dims fixed from the first sample to {sh}")
+    return sh
 
 
 def fmt_dims(dims) -> str:
@@ -804,30 +921,28 @@ def fmt_dims(dims) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
-def build_input_spec(args, info: ModelInfo, shape):
-    dt = info.input_dtype
+def build_input_spec(args, ii: InputInfo, shape, image: bool):
+    """The manifest entry of one input; `image` says the --image options apply to it."""
+    dt = ii.dtype
     if dt not in SUPPORTED_DTYPES:
         raise PackError(
-            f"input `{info.input_name}` is {dt}; beltbox inputs are float32, int8 or uint8"
+            f"input `{ii.name}` is {dt}; beltbox inputs are float32, int8 or uint8"
         )
     spec = {
-        "name": info.input_name,
+        "name": ii.name,
         "shape": shape,
         "dtype": SUPPORTED_DTYPES[dt],
-        "quant": info.input_quant if SUPPORTED_DTYPES[dt] != "float32" else None,
+        "quant": ii.quant if SUPPORTED_DTYPES[dt] != "float32" else None,
         "preprocess": None,
         "layout": None,
     }
-    if info.input_quant_guessed:
-        warn(f"input `{info.input_name}` is {spec['dtype']} with no quantisation found; writing scale 1, zero_point 0 (values as they are)")
-    if args.image is None:
-        for opt in ("mean", "std", "scale", "layout", "letterbox"):
-            if getattr(args, opt) is not None:
-                raise UsageError(f"--{opt} only applies with --image gray|rgb|bgr")
+    if ii.quant_guessed:
+        warn(f"input `{ii.name}` is {spec['dtype']} with no quantisation found; writing scale 1, zero_point 0 (values as they are)")
+    if not image:
         return spec
     c = 1 if args.image == "gray" else 3
     if len(shape) != 4 or shape[0] != 1:
-        raise UsageError(f"--image needs a 4-D input with batch 1; `{info.input_name}` is {shape}")
+        raise UsageError(f"--image needs a 4-D input with batch 1; `{ii.name}` is {shape}")
     layout = args.layout
     if layout is None:
         if shape[1] == c:
@@ -847,7 +962,7 @@ def build_input_spec(args, info: ModelInfo, shape):
         std = std * 3
     if len(mean) != c or len(std) != c:
         raise UsageError(f"--mean/--std need {c} value(s) for --image {args.image}")
-    if any(s == 0 for s in std):
+    if any(v == 0 for v in std):
         raise UsageError("--std values must be non-zero")
     scale = 1.0 if args.scale is None else args.scale
     if not math.isfinite(scale):
@@ -944,6 +1059,263 @@ def tolerances(results: dict, names, quants: dict, steps: dict):
 
 
 # ---------------------------------------------------------------------------------------------
+# Detection (--task detection): the [detection] section, checked against the reference outputs
+# the way beltbox reads them (crates/core/src/manifest.rs check_detection, docs/model-package.md
+# "Detection"), so a package pack writes is one beltbox can decode.
+# ---------------------------------------------------------------------------------------------
+HEAD_OUTPUTS = {"yolo": 1, "yolo-objectness": 1, "boxes-scores": 2}  # picodet: 2 per stride
+DEFAULT_SCORE_THRESHOLD = 0.25
+DEFAULT_IOU_THRESHOLD = 0.45
+DEFAULT_MAX_DETECTIONS = 100
+MAX_DETECTIONS_LIMIT = 10000
+
+
+def dims2(shape):
+    """`[1, a, b]` or `[a, b]` -> (a, b), as beltbox's detection heads read outputs."""
+    if len(shape) == 3 and shape[0] == 1:
+        return shape[1], shape[2]
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    return None
+
+
+def detection_geometry(specs, args, fmt):
+    """The input whose pixels boxes are measured in, as beltbox picks it (the first input with
+    preprocess, else the first input), and its (height, width). A tensor input must be 4-D; its
+    layout comes from --layout or is guessed from where a small channel dim is, and is written.
+    For ONNX (inputs matched by name) a 4-D input is moved first when the first is not."""
+    img = [s for s in specs if s["preprocess"] is not None]
+    if img:
+        s = img[0]
+        return specs, s, tuple(s["preprocess"]["resize"])
+    if len(specs[0]["shape"]) != 4:
+        four = [s for s in specs if len(s["shape"]) == 4]
+        if fmt != "onnx" or not four:
+            raise UsageError(
+                f"--task detection: boxes are measured in the pixels of the image input (the first input with --image, else "
+                f"the first input), but `{specs[0]['name']}` is {specs[0]['shape']}, not 4-D"
+                + (": give --image ... --image-input NAME for the image input" if len(specs) > 1 else "")
+            )
+        specs = [four[0]] + [s for s in specs if s is not four[0]]
+        say(f"  detection: input `{four[0]['name']}` listed first in the manifest (its pixels are the boxes' pixels; ONNX inputs are matched by name)")
+    s = specs[0]
+    shape = s["shape"]
+    layout = args.layout
+    if layout is None:
+        if shape[3] <= 4 < shape[1]:
+            layout = "nhwc"
+        else:
+            layout = "nchw"
+        say(f"  detection: input `{s['name']}` {shape} read as {layout} (override with --layout)")
+    s["layout"] = layout
+    hw = (shape[2], shape[3]) if layout == "nchw" else (shape[1], shape[2])
+    return specs, s, hw
+
+
+def yolo_table(a: np.ndarray, width: int, objectness: bool) -> np.ndarray:
+    """A yolo output as rows of candidates [N, width], with beltbox's orientation rule: the axis
+    equal to 4+C (5+C) is the values axis; when both are, channels first for yolo, rows for
+    yolo-objectness."""
+    r, c = dims2(list(a.shape))
+    a2 = a.reshape(r, c)
+    first = (r == width) and (c != width or not objectness)
+    return a2.T if first else a2
+
+
+def check_detection_args(args, output_names):
+    """The detection options that need no output values, checked before the references run:
+    the head's outputs (names, count, order rules), strides, thresholds. Returns (the outputs the
+    head reads, strides or None)."""
+    head = args.detection_head
+    if args.detection_outputs is not None:
+        names = [n.strip() for n in args.detection_outputs.split(",") if n.strip() != ""]
+        if not names:
+            raise UsageError("--detection-outputs: give output names, comma-separated")
+        for n in names:
+            if n not in output_names:
+                raise UsageError(f"--detection-outputs: `{n}` is not an output of the model (its outputs: {names_text(output_names)})")
+        dup = [n for i, n in enumerate(names) if n in names[:i]]
+        if dup:
+            raise UsageError(f"--detection-outputs: `{dup[0]}` is listed twice")
+    else:
+        names = list(output_names)
+    chosen = "--detection-outputs" if args.detection_outputs is not None else f"the model's outputs (default: all {len(names)})"
+    strides = None
+    if args.strides is not None:
+        if head != "picodet":
+            raise UsageError("--strides: only the picodet head has strides")
+        strides = parse_int_list(args.strides, "--strides", "8,16,32,64")
+    want = HEAD_OUTPUTS.get(head)
+    if want is not None and len(names) != want:
+        raise UsageError(
+            f"--detection-head {head} reads {want} output(s); {chosen} list {len(names)} ({names_text(names)})"
+            + ("" if args.detection_outputs is not None else ": pick them with --detection-outputs NAME[,NAME]")
+        )
+    if head == "picodet":
+        if len(names) < 2 or len(names) % 2:
+            raise UsageError(
+                f"--detection-head picodet reads a scores and a distances output per stride (all scores outputs, then all "
+                f"distances outputs); {chosen} list {len(names)} ({names_text(names)})"
+            )
+        if strides is not None and len(names) != 2 * len(strides):
+            raise UsageError(f"--strides {args.strides}: {len(strides)} strides need {2 * len(strides)} outputs, {chosen} list {len(names)}")
+        if args.box_format is not None or args.normalized:
+            raise UsageError("--box-format/--normalized do not apply to the picodet head (its distances decode to corners in tensor pixels)")
+    if args.classes is not None and args.classes < 1:
+        raise UsageError("--classes must be at least 1")
+    for opt, v in (("--score-threshold", args.score_threshold), ("--iou-threshold", args.iou_threshold)):
+        if v is not None and not (math.isfinite(v) and 0.0 <= v <= 1.0):
+            raise UsageError(f"{opt} {v} must be within 0..1")
+    if args.max_detections is not None and not (1 <= args.max_detections <= MAX_DETECTIONS_LIMIT):
+        raise UsageError(f"--max-detections {args.max_detections} must be within 1..{MAX_DETECTIONS_LIMIT}")
+    return names, strides
+
+
+def plan_detection(args, names, strides, outputs, golden, quants, hw):
+    """The [detection] table for --task detection, from the reference outputs' shapes and values
+    (classes, strides and score activation inferred unless given); marks the detection outputs'
+    task."""
+    head = args.detection_head
+    by_name = {o["name"]: o for o in outputs}
+    all_names = [o["name"] for o in outputs]
+
+    def deq(k_name, sample):
+        return dequantise(golden[sample][all_names.index(k_name)], quants.get(k_name))
+
+    shapes = {n: by_name[n]["shape"] for n in names}
+    classes = args.classes
+    scores_of = None  # sample -> (per-candidate best class score array or all pair scores, objectness or None)
+    if head in ("yolo", "yolo-objectness"):
+        objectness = head == "yolo-objectness"
+        lead = 5 if objectness else 4
+        n0 = names[0]
+        d = dims2(shapes[n0])
+        if d is None:
+            raise UsageError(f"output `{n0}` {shapes[n0]}: the {head} head reads [1, {lead}+C, N] or [1, N, {lead}+C]")
+        if classes is None:
+            small = min(d)
+            if small <= lead:
+                raise UsageError(f"output `{n0}` {shapes[n0]}: no axis fits {lead}+C values per candidate for the {head} head")
+            classes = small - lead
+            say(f"  detection: classes {classes} (inferred from `{n0}` {shapes[n0]}: the smaller axis is {lead}+C; override with --classes)")
+        width = classes + lead
+        if width not in d:
+            raise UsageError(
+                f"output `{n0}` {shapes[n0]}: the {head} head with {classes} classes needs [1, {width}, N] or [1, N, {width}] "
+                f"({lead}+{classes}={width})"
+            )
+
+        def scores_of(i):
+            t = yolo_table(deq(n0, i), width, objectness)
+            return t[:, lead:], (t[:, 4] if objectness else None)
+
+    elif head == "boxes-scores":
+        nb, ns = names
+        db, ds = dims2(shapes[nb]), dims2(shapes[ns])
+        if db is None or db[1] != 4:
+            raise UsageError(f"output `{nb}` {shapes[nb]}: the boxes-scores head reads boxes [1, N, 4] first, then scores (--detection-outputs BOXES,SCORES)")
+        n = db[0]
+        if ds is None or n not in ds:
+            raise UsageError(f"output `{ns}` {shapes[ns]}: the boxes-scores head needs scores [1, {n}, C] or [1, C, {n}] for {n} boxes")
+        c_inf = ds[1] if ds[0] == n else ds[0]
+        if classes is None:
+            classes = c_inf
+            say(f"  detection: classes {classes} (inferred from scores `{ns}` {shapes[ns]}; override with --classes)")
+        elif ds not in ((n, classes), (classes, n)):
+            raise UsageError(f"output `{ns}` {shapes[ns]}: with {classes} classes the scores must be [1, {n}, {classes}] or [1, {classes}, {n}]")
+        rows_first = ds == (n, classes)
+
+        def scores_of(i):
+            a = deq(ns, i).reshape(ds)
+            return (a if rows_first else a.T), None
+
+    else:  # picodet
+        k = len(names) // 2
+        sc_names, di_names = names[:k], names[k:]
+        h, w = hw
+        for nm in names:
+            if dims2(shapes[nm]) is None:
+                raise UsageError(f"output `{nm}` {shapes[nm]}: the picodet head reads [1, H*W, C] scores and [1, H*W, 4*(reg_max+1)] distances")
+        cells = [dims2(shapes[nm])[0] for nm in sc_names]
+        if strides is None:
+            # Inferred only when each scores output's cell count fits exactly one power-of-two
+            # stride and they increase; otherwise the user says.
+            fit = []
+            for c in cells:
+                hits = [sv for sv in (2, 4, 8, 16, 32, 64, 128, 256) if -(-h // sv) * -(-w // sv) == c]
+                fit.append(hits[0] if len(hits) == 1 else None)
+            if not all(fit) or any(b <= a for a, b in zip(fit, fit[1:])):
+                raise UsageError(
+                    f"--detection-head picodet needs --strides, one per scores output (e.g. 8,16,32,64): the scores outputs' "
+                    f"cell counts {cells} on the {h} x {w} input do not determine them"
+                )
+            strides = fit
+            say(f"  detection: strides {','.join(map(str, strides))} (inferred from the scores outputs' cell counts {cells} on "
+                f"{h} x {w}; override with --strides)")
+        if classes is None:
+            classes = dims2(shapes[sc_names[0]])[1]
+            say(f"  detection: classes {classes} (inferred from scores `{sc_names[0]}` {shapes[sc_names[0]]}; override with --classes)")
+        for sv, sn, dn in zip(strides, sc_names, di_names):
+            c = -(-h // sv) * -(-w // sv)
+            grid = f"ceil({h}/{sv}) x ceil({w}/{sv}) = {c} cells for stride {sv}"
+            if dims2(shapes[sn]) != (c, classes):
+                raise UsageError(f"output `{sn}` {shapes[sn]}: picodet scores for stride {sv} must be [1, {c}, {classes}] ({grid}; scores outputs come first)")
+            dd = dims2(shapes[dn])
+            if dd is None or dd[0] != c or dd[1] == 0 or dd[1] % 4:
+                raise UsageError(f"output `{dn}` {shapes[dn]}: picodet distances for stride {sv} must be [1, {c}, 4*(reg_max+1)] ({grid})")
+
+        def scores_of(i):
+            return np.concatenate([deq(nm, i).reshape(-1, classes) for nm in sc_names]), None
+
+    thr = DEFAULT_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
+
+    per_sample = [scores_of(i) for i in range(len(golden))]
+    activation = args.score_activation
+    if activation is None:
+        steps = [quants[n][0] for n in names if n in quants]
+        slack = max([1e-6] + steps)
+        vals = [v for sc, obj in per_sample for v in ((sc, obj) if obj is not None else (sc,))]
+        probs = all(v.size == 0 or (v.min() >= -slack and v.max() <= 1 + slack) for v in vals)
+        activation = "probabilities" if probs else "logits"
+        say(f"  detection: score_activation {activation} (detected: the scores {'lie' if probs else 'do not lie'} in [0, 1]; override with --score-activation)")
+
+    def act(v):
+        v = v.astype(np.float32)
+        if activation == "probabilities":
+            return v
+        with np.errstate(over="ignore"):
+            return (np.float32(1) / (np.float32(1) + np.exp(-v))).astype(np.float32)
+
+    for i, (sc, obj) in enumerate(per_sample):
+        if head in ("yolo", "yolo-objectness"):
+            best = act(sc.max(axis=1)) if sc.size else sc
+            if obj is not None:
+                best = best * act(obj)
+            n_cand = int((best >= np.float32(thr)).sum())
+        else:
+            n_cand = int((act(sc) >= np.float32(thr)).sum())
+        say(f"  detection: sample {i:03d}: {n_cand} candidate(s) score >= {thr:g} before NMS")
+
+    for o in outputs:
+        if o["name"] in names:
+            o["task"] = "detection"
+    det = {"head": head, "outputs": names, "classes": int(classes)}
+    if args.box_format is not None:
+        det["box_format"] = args.box_format
+    if args.normalized:
+        det["normalized"] = True
+    det["score_activation"] = activation
+    det["score_threshold"] = float(thr)
+    det["iou_threshold"] = float(DEFAULT_IOU_THRESHOLD if args.iou_threshold is None else args.iou_threshold)
+    det["max_detections"] = int(DEFAULT_MAX_DETECTIONS if args.max_detections is None else args.max_detections)
+    if args.class_agnostic:
+        det["class_agnostic"] = True
+    if strides is not None:
+        det["strides"] = strides
+    return det
+
+
+# ---------------------------------------------------------------------------------------------
 # Package writing
 # ---------------------------------------------------------------------------------------------
 def toml_str(s: str) -> str:
@@ -999,22 +1371,23 @@ def manifest_text(p: dict) -> str:
         f"format = {toml_value(p['format'])}",
         f"precision = {toml_value(p['precision'])}",
     ]
-    i = p["input"]
-    L += ["", "[[inputs]]", f"name = {toml_value(i['name'])}", f"shape = {toml_value(i['shape'])}", f"dtype = {toml_value(i['dtype'])}"]
-    if i["preprocess"] is not None:
-        pre = i["preprocess"]
-        L.append(f"layout = {toml_value(i['layout'])}")
-        L += ["", "[inputs.preprocess]", f"resize = {toml_value(pre['resize'])}"]
-        if pre["resize_mode"] != "stretch":
-            L += [f"resize_mode = {toml_value(pre['resize_mode'])}", f"pad = {toml_value(pre['pad'])}"]
-        L += [
-            f"color = {toml_value(pre['color'])}",
-            f"scale = {toml_value(pre['scale'])}",
-            f"mean = {toml_value(pre['mean'])}",
-            f"std = {toml_value(pre['std'])}",
-        ]
-    if i["quant"] is not None:
-        L += ["", "[inputs.quantization]", f"scale = {toml_value(i['quant'][0])}", f"zero_point = {toml_value(i['quant'][1])}"]
+    for i in p["inputs"]:
+        L += ["", "[[inputs]]", f"name = {toml_value(i['name'])}", f"shape = {toml_value(i['shape'])}", f"dtype = {toml_value(i['dtype'])}"]
+        if i["layout"] is not None:
+            L.append(f"layout = {toml_value(i['layout'])}")
+        if i["preprocess"] is not None:
+            pre = i["preprocess"]
+            L += ["", "[inputs.preprocess]", f"resize = {toml_value(pre['resize'])}"]
+            if pre["resize_mode"] != "stretch":
+                L += [f"resize_mode = {toml_value(pre['resize_mode'])}", f"pad = {toml_value(pre['pad'])}"]
+            L += [
+                f"color = {toml_value(pre['color'])}",
+                f"scale = {toml_value(pre['scale'])}",
+                f"mean = {toml_value(pre['mean'])}",
+                f"std = {toml_value(pre['std'])}",
+            ]
+        if i["quant"] is not None:
+            L += ["", "[inputs.quantization]", f"scale = {toml_value(i['quant'][0])}", f"zero_point = {toml_value(i['quant'][1])}"]
     for o in p["outputs"]:
         L += ["", "[[outputs]]", f"name = {toml_value(o['name'])}", f"shape = {toml_value(o['shape'])}", f"dtype = {toml_value(o['dtype'])}"]
         L.append(f"task = {toml_value(o['task'])}")
@@ -1025,6 +1398,13 @@ def manifest_text(p: dict) -> str:
         L += [f"atol = {toml_value(o['atol'])}", "rtol = 0.0"]
         if o["quant"] is not None:
             L += ["", "[outputs.quantization]", f"scale = {toml_value(o['quant'][0])}", f"zero_point = {toml_value(o['quant'][1])}"]
+    det = p.get("detection")
+    if det is not None:
+        L += ["", "[detection]"]
+        for k in ("head", "outputs", "classes", "labels", "box_format", "normalized", "score_activation",
+                  "score_threshold", "iou_threshold", "max_detections", "class_agnostic", "strides"):
+            if k in det:
+                L.append(f"{k} = {toml_value(det[k])}")
     L += ["", "[budgets]", f"ram_mib = {int(p['ram_mib'])}", f"p95_ms = {toml_value(float(p['p95_ms']))}"]
     L += ["", "[golden]", "atol = 0.0", "rtol = 0.0"]
     for s in p["samples"]:
@@ -1035,6 +1415,12 @@ def manifest_text(p: dict) -> str:
     for fn, h in p["files"].items():
         L.append(f"{toml_value(fn)} = {toml_value(h)}")
     return "\n".join(L) + "\n"
+
+
+def golden_input_names(sample: int, n_inputs: int):
+    if n_inputs == 1:
+        return [f"golden/{sample:03d}.in.npy"]
+    return [f"golden/{sample:03d}.in{k}.npy" for k in range(n_inputs)]
 
 
 def prepare_out_dir(out: Path, force: bool) -> None:
@@ -1051,7 +1437,9 @@ def prepare_out_dir(out: Path, force: bool) -> None:
 
 
 def write_package(out: Path, p: dict, model_src: Path, labels, inputs, outputs) -> Path:
-    """Writes into a temporary sibling directory, then swaps it into place."""
+    """Writes into a temporary sibling directory, then swaps it into place. `inputs` holds one
+    list of tensors per sample (one per manifest input); a single input's file is NNN.in.npy,
+    several inputs' NNN.in0.npy, NNN.in1.npy, ... in manifest order."""
     parent = out.parent if str(out.parent) else Path(".")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.pack-", dir=parent))
     try:
@@ -1061,16 +1449,17 @@ def write_package(out: Path, p: dict, model_src: Path, labels, inputs, outputs) 
         if labels is not None:
             (tmp / "labels.txt").write_text("".join(l + "\n" for l in labels), encoding="utf-8")
             files.append("labels.txt")
-        for s, (x, outs) in enumerate(zip(inputs, outputs)):
-            ifn = f"golden/{s:03d}.in.npy"
-            save_npy(tmp / ifn, x)
+        for s, (xs, outs) in enumerate(zip(inputs, outputs)):
+            ifns = golden_input_names(s, len(xs))
+            for ifn, x in zip(ifns, xs):
+                save_npy(tmp / ifn, x)
             ofns = []
             for k, a in enumerate(outs):
                 ofn = f"golden/{s:03d}.out{k}.npy"
                 save_npy(tmp / ofn, a)
                 ofns.append(ofn)
-            files += [ifn] + ofns
-            p["samples"][s]["inputs"] = [ifn]
+            files += ifns + ofns
+            p["samples"][s]["inputs"] = ifns
             p["samples"][s]["outputs"] = ofns
         p["files"] = {fn: sha256_file(tmp / fn) for fn in files}
         text = manifest_text(p)
@@ -1113,8 +1502,19 @@ def find_beltbox(explicit):
     return None
 
 
-def verify(beltbox: str, out: Path) -> bool:
-    cmd = [beltbox, "infer", "--model", str(out), "--input", str(out / "golden/000.in.npy"), "--json"]
+def infer_input_args(out: Path, names):
+    """`beltbox infer` --input arguments for golden sample 000 (NAME=FILE with several inputs)."""
+    files = golden_input_names(0, len(names))
+    if len(names) == 1:
+        return ["--input", str(out / files[0])]
+    args = []
+    for n, f in zip(names, files):
+        args += ["--input", f"{n}={out / f}"]
+    return args
+
+
+def verify(beltbox: str, out: Path, names) -> bool:
+    cmd = [beltbox, "infer", "--model", str(out)] + infer_input_args(out, names) + ["--json"]
     say("verifying: " + " ".join(cmd))
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
@@ -1152,8 +1552,9 @@ def parse_args(argv):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("model", type=Path, help="the model: MODEL.onnx or MODEL.tflite")
-    ap.add_argument("--sample", type=Path, action="append", required=True, metavar="FILE",
-                    help="a sample input (.npy tensor; PNG/PGM with --image); repeat for more (golden inputs, in order)")
+    ap.add_argument("--sample", action="append", required=True, metavar="FILE|NAME=FILE,...",
+                    help="one golden sample (.npy tensor; PNG/PGM with --image); repeat for more, in order. A model with "
+                    "several inputs takes each sample as NAME=FILE,NAME=FILE,... naming every input once")
     ap.add_argument("--out", type=Path, required=True, metavar="DIR", help="package directory to write (must not exist unless --force)")
     ap.add_argument("--force", action="store_true", help="replace DIR if it is an existing package (or empty)")
     ap.add_argument("--name", help="package name, [a-z0-9-], at most 64 chars (default: from DIR's name)")
@@ -1162,20 +1563,41 @@ def parse_args(argv):
     ap.add_argument("--precision", choices=["fp32", "int8", "int8-qdq", "int8-qoperator", "int8-tflite"],
                     help="default: detected (int8 if the ONNX graph has QuantizeLinear/DequantizeLinear/QLinear*/"
                     "integer ops, or the TFLite model has quantised tensors); selects the reference mode")
-    ap.add_argument("--task", choices=["raw", "classification"],
-                    help="what outputs[0] is (default raw; classification if --labels is given). Other outputs are raw")
-    ap.add_argument("--labels", type=Path, metavar="FILE", help="labels, one per line, line N = class N (classification)")
+    ap.add_argument("--task", choices=["raw", "classification", "detection"],
+                    help="raw (default), classification (outputs[0]; the default with --labels) or detection (the "
+                    "--detection-outputs, decoded by --detection-head). Other outputs are raw")
+    ap.add_argument("--labels", type=Path, metavar="FILE",
+                    help="labels, one per line, line N = class N (classification: outputs[0]'s size; detection: --classes lines)")
     ap.add_argument("--scores", choices=["logits", "probabilities"],
                     help="classification scores (default: probabilities if every sample's outputs[0] is in [0,1] and sums to 1)")
-    ap.add_argument("--input-name", help="check that the model's input has this name")
-    ap.add_argument("--shape", help="the concrete input shape, e.g. 1,3,224,224 (fixes dynamic/symbolic dims; default: the model's, else the first .npy sample's)")
+    ap.add_argument("--input-name", help="check that the model has an input of this name")
+    ap.add_argument("--shape", action="append", metavar="[NAME=]DIMS",
+                    help="the concrete input shape, e.g. 1,3,224,224 (fixes dynamic/symbolic dims; default: the model's, else the "
+                    "first .npy sample's). Several inputs: --shape NAME=1,3,224,224, once per input that needs it")
     g = ap.add_argument_group("image inputs (optional: writes [inputs.preprocess] so beltbox also takes PNG/PGM images)")
     g.add_argument("--image", choices=["gray", "rgb", "bgr"], help="colour order of the tensor's channels")
+    g.add_argument("--image-input", metavar="NAME", help="the input the image options are for (required with --image when the model has several inputs)")
     g.add_argument("--scale", type=float, help="x = (pixel / maxval * scale - mean[c]) / std[c]; default 1")
     g.add_argument("--mean", help="per channel, comma-separated (default 0)")
     g.add_argument("--std", help="per channel, comma-separated (default 1)")
-    g.add_argument("--layout", choices=["nchw", "nhwc"], help="default: from the shape's channel dim")
+    g.add_argument("--layout", choices=["nchw", "nhwc"],
+                   help="default: from the shape's channel dim. Also with --task detection and no --image: the detector's input layout")
     g.add_argument("--letterbox", type=float, metavar="PAD", help="keep the aspect ratio, pad with PAD (0-255); default: stretch")
+    d = ap.add_argument_group("detection (--task detection; writes task = \"detection\" on those outputs and the [detection] section)")
+    d.add_argument("--detection-head", choices=["yolo", "yolo-objectness", "boxes-scores", "picodet"],
+                   help="the output layout: yolo [1,4+C,N]; yolo-objectness [1,N,5+C]; boxes-scores boxes [1,N,4] then scores "
+                   "[1,N,C]; picodet scores [1,HW,C] per stride then distances [1,HW,4(reg_max+1)] per stride")
+    d.add_argument("--detection-outputs", metavar="NAME,...", help="the outputs the head reads, in its order (default: every output, in graph order)")
+    d.add_argument("--classes", type=int, metavar="N", help="number of classes (default: inferred from the output shapes)")
+    d.add_argument("--strides", metavar="S,...", help="picodet: the feature strides, one per scores output, e.g. 8,16,32,64")
+    d.add_argument("--box-format", choices=["cxcywh", "xyxy", "yxyx"], help="default cxcywh (yolo heads), xyxy (boxes-scores)")
+    d.add_argument("--normalized", action="store_true", help="box coordinates are fractions of the input's width/height")
+    d.add_argument("--score-activation", choices=["probabilities", "logits"],
+                   help="default: probabilities if every score on the samples lies in [0,1], else logits (a sigmoid is applied)")
+    d.add_argument("--score-threshold", type=float, metavar="X", help=f"keep candidates scoring >= X (default {DEFAULT_SCORE_THRESHOLD:g})")
+    d.add_argument("--iou-threshold", type=float, metavar="X", help=f"NMS IoU threshold (default {DEFAULT_IOU_THRESHOLD:g})")
+    d.add_argument("--max-detections", type=int, metavar="N", help=f"at most N boxes (default {DEFAULT_MAX_DETECTIONS}, at most {MAX_DETECTIONS_LIMIT})")
+    d.add_argument("--class-agnostic", action="store_true", help="NMS across classes")
     t = ap.add_argument_group("tolerances and budgets")
     t.add_argument("--atol", type=float, help="one absolute tolerance for every output (dequantised units); skips the reference-mode study")
     t.add_argument("--ram-mib", type=int, help="RAM budget (default: 2 x (model + 4 largest activations), >= 128, in 64 MiB steps)")
@@ -1185,6 +1607,49 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
+DETECTION_OPTS = ("detection_outputs", "classes", "strides", "box_format", "score_activation", "score_threshold",
+                  "iou_threshold", "max_detections")
+DETECTION_FLAGS = ("normalized", "class_agnostic")
+
+
+def opt_name(attr: str) -> str:
+    return "--" + attr.replace("_", "-")
+
+
+def read_samples(args, names, image_input):
+    """--sample values -> per sample, per input (in `names` order): (path, npy array or None,
+    decoded image or None)."""
+    out = []
+    for text in args.sample:
+        files = parse_sample_arg(text, names)
+        row = []
+        for n in names:
+            path = Path(files[n])
+            if not path.is_file():
+                raise UsageError(f"sample {path}: no such file" + (f" (input `{n}`)" if len(names) > 1 else ""))
+            if path.suffix.lower() == ".npy":
+                row.append((path, load_npy(path), None))
+                continue
+            try:
+                img = load_image(path)
+            except UsageError:
+                raise
+            except Exception as e:
+                raise UsageError(f"sample {path}: cannot decode the image ({one_line(e)})")
+            if img is None:
+                raise UsageError(f"sample {path}: not a .npy tensor, PNG or PGM image")
+            if args.image is None:
+                raise UsageError(
+                    f"sample {path} is an image: give --image gray|rgb|bgr (and --scale/--mean/--std) so pack knows how the "
+                    "model wants it, or pass the tensor as .npy"
+                )
+            if n != image_input:
+                raise UsageError(f"sample {path} is an image, but the image options are for input `{image_input}`, not `{n}`; give `{n}` a .npy tensor")
+            row.append((path, None, img))
+        out.append(row)
+    return out
+
+
 def pack(args) -> int:
     model = args.model
     if not model.is_file():
@@ -1192,16 +1657,30 @@ def pack(args) -> int:
     ext = model.suffix.lower()
     if ext not in (".onnx", ".tflite"):
         raise UsageError(f"{model}: expected a .onnx or .tflite file")
-    for s in args.sample:
-        if not s.is_file():
-            raise UsageError(f"sample {s}: no such file")
     if args.labels is not None and not args.labels.is_file():
         raise UsageError(f"--labels {args.labels}: no such file")
     if args.labels is not None and args.task == "raw":
-        raise UsageError("--labels needs --task classification")
-    task = args.task or ("classification" if args.labels is not None else "raw")
+        raise UsageError("--labels needs --task classification or detection")
+    task = args.task
+    if task is None:
+        task = "detection" if args.detection_head is not None else ("classification" if args.labels is not None else "raw")
+    if task == "detection" and args.detection_head is None:
+        raise UsageError("--task detection needs --detection-head yolo|yolo-objectness|boxes-scores|picodet")
+    if task != "detection":
+        for attr in ("detection_head",) + DETECTION_OPTS:
+            if getattr(args, attr) is not None:
+                raise UsageError(f"{opt_name(attr)} needs --task detection")
+        for attr in DETECTION_FLAGS:
+            if getattr(args, attr):
+                raise UsageError(f"{opt_name(attr)} needs --task detection")
     if args.scores is not None and task != "classification":
         raise UsageError("--scores needs --task classification")
+    if args.image is None:
+        if args.image_input is not None:
+            raise UsageError("--image-input only applies with --image gray|rgb|bgr")
+        for opt in ("mean", "std", "scale", "letterbox") + (() if task == "detection" else ("layout",)):
+            if getattr(args, opt) is not None:
+                raise UsageError(f"--{opt} only applies with --image gray|rgb|bgr")
     if not VERSION_RE.match(args.version):
         raise UsageError(f"--version `{args.version}` is not MAJOR.MINOR.PATCH")
     name = args.name if args.name is not None else (package_name(args.out.resolve().name) or package_name(model.stem) or "model")
@@ -1218,8 +1697,19 @@ def pack(args) -> int:
     # --- the model
     say(f"reading {model}")
     info = inspect_onnx(model) if ext == ".onnx" else inspect_tflite(model)
-    if args.input_name is not None and args.input_name != info.input_name:
-        raise UsageError(f"--input-name `{args.input_name}`: the model's input is `{info.input_name}`")
+    in_names = [ii.name for ii in info.inputs]
+    if args.input_name is not None and args.input_name not in in_names:
+        raise UsageError(f"--input-name `{args.input_name}`: the model's input{'s are' if len(in_names) > 1 else ' is'} {names_text(in_names)}")
+    image_input = None
+    if args.image is not None:
+        if args.image_input is not None:
+            if args.image_input not in in_names:
+                raise UsageError(f"--image-input `{args.image_input}` is not an input of the model (its inputs: {names_text(in_names)})")
+            image_input = args.image_input
+        elif len(in_names) == 1:
+            image_input = in_names[0]
+        else:
+            raise UsageError(f"--image: the model has {len(in_names)} inputs ({names_text(in_names)}); say which one takes images with --image-input NAME")
     fmt = info.format
     precision = args.precision
     if precision is None:
@@ -1233,40 +1723,39 @@ def pack(args) -> int:
             raise UsageError(f"--precision {precision} does not apply to a {fmt} model")
         warn(f"--precision {precision} overrides the detected {info.detected}; the goldens use the {precision} reference mode")
     say(f"  format {fmt}, precision {precision}" + (" (detected)" if args.precision in (None, "int8") else ""))
-    if getattr(info, "tflite_dynamic", False):
-        say(f"  the TFLite input has dynamic dims; beltbox runs it at its default shape {info.input_dims}")
+    if len(in_names) > 1:
+        say(f"  {len(in_names)} inputs: {names_text(in_names)}" + (" (interpreter order)" if fmt == "tflite" else ""))
+    for ii in info.inputs:
+        if ii.dynamic:
+            say(f"  the TFLite input `{ii.name}` has dynamic dims; beltbox runs it at its default shape {ii.dims}")
 
-    # --- samples
-    raw_samples = []
-    for s in args.sample:
-        img = None
-        if s.suffix.lower() == ".npy":
-            raw_samples.append((s, load_npy(s), None))
-            continue
-        try:
-            img = load_image(s)
-        except UsageError:
-            raise
-        except Exception as e:
-            raise UsageError(f"sample {s}: cannot decode the image ({one_line(e)})")
-        if img is None:
-            raise UsageError(f"sample {s}: not a .npy tensor, PNG or PGM image")
-        if args.image is None:
-            raise UsageError(
-                f"sample {s} is an image: give --image gray|rgb|bgr (and --scale/--mean/--std) so pack knows how the "
-                "model wants it, or pass the tensor as .npy"
-            )
-        raw_samples.append((s, None, img))
-    shape = resolve_input(args, info, [a.shape for _, a, _ in raw_samples if a is not None])
-    spec = build_input_spec(args, info, shape)
-    if any(d == 0 for d in shape) or not shape:
-        raise UsageError(f"input shape {shape} must be non-empty without zero dims")
-    say(f"  input `{spec['name']}` {spec['dtype']} {shape}" + (f", quantisation {spec['quant']}" if spec["quant"] else ""))
-    samples = [prepare_sample(p, a, img, spec) for p, a, img in raw_samples]
-    if fmt == "tflite" and list(shape) != list(info.input_dims):
-        raise UsageError(f"the TFLite model's input is {info.input_dims}; beltbox does not resize TFLite inputs")
+    # --- samples and input specs (model order)
+    raw_samples = read_samples(args, in_names, image_input)
+    shape_texts = parse_shape_args(args.shape, in_names)
+    specs = []
+    for k, ii in enumerate(info.inputs):
+        opt = "--shape " if len(in_names) == 1 else f"--shape {ii.name}="
+        npy_shapes = [row[k][1].shape for row in raw_samples if row[k][1] is not None]
+        shape = resolve_input(ii, shape_texts.get(ii.name), npy_shapes, ii.name == image_input, fmt, opt)
+        spec = build_input_spec(args, ii, shape, ii.name == image_input)
+        if any(d == 0 for d in shape) or not shape:
+            raise UsageError(f"input `{ii.name}` shape {shape} must be non-empty without zero dims")
+        if fmt == "tflite" and list(shape) != list(ii.dims):
+            raise UsageError(f"the TFLite model's input `{ii.name}` is {ii.dims}; beltbox does not resize TFLite inputs")
+        say(f"  input `{spec['name']}` {spec['dtype']} {shape}" + (f", quantisation {spec['quant']}" if spec["quant"] else "")
+            + (f", images ({args.image})" if spec["preprocess"] is not None else ""))
+        specs.append(spec)
+    samples = [[prepare_sample(p_, a, img, spec) for (p_, a, img), spec in zip(row, specs)] for row in raw_samples]
+    feed = samples  # model order, for the references
+    if task == "detection":
+        det_names, det_strides = check_detection_args(args, info.output_names)
+        specs, geo, hw = detection_geometry(specs, args, fmt)
+        if [s_["name"] for s_ in specs] != in_names:  # ONNX: a 4-D input moved first
+            idx = [in_names.index(s_["name"]) for s_ in specs]
+            samples = [[row[i] for i in idx] for row in samples]
+        say(f"  detection: head {args.detection_head}, boxes in the pixels of input `{geo['name']}` ({hw[0]} x {hw[1]})")
 
-    # --- references
+    # --- references (fed every input)
     if fmt == "onnx":
         modes = ORT_MODES["fp32" if precision == "fp32" else "int8"]
         if args.atol is not None:
@@ -1274,12 +1763,12 @@ def pack(args) -> int:
         label, level, config = modes[0]
         ref_text = f"onnxruntime {versions()['onnxruntime']} CPU EP, 1 thread, {ort_mode_text(level, config)}"
         say(f"running the reference ({ref_text})" + ("" if len(modes) == 1 else f" and {len(modes) - 1} other acceptable ORT modes for the tolerances"))
-        results = run_onnx(model, modes, spec["name"], samples)
+        results = run_onnx(model, modes, in_names, feed)
     else:
         modes = TFLITE_MODES[:1] if args.atol is not None else TFLITE_MODES
         ref_text = f"ai-edge-litert {versions()['ai-edge-litert']} interpreter, 1 thread, OpResolverType.BUILTIN_REF"
         say(f"running the reference ({ref_text})" + ("" if len(modes) == 1 else f" and {len(modes) - 1} other LiteRT op resolvers for the tolerances"))
-        results = run_tflite(model, modes, samples)
+        results = run_tflite(model, modes, feed)
     golden = results[next(iter(results))]
 
     # --- outputs
@@ -1325,6 +1814,15 @@ def pack(args) -> int:
             extra = f" (spread {t['spread']:.3g}" + (f", step {t['step']:.3g}" if t["step"] else "") + f", peak |value| {t['peak']:.3g})"
         say(f"  output `{o['name']}` {o['dtype']} {o['shape']}: atol {o['atol']:g}{extra}")
 
+    def read_labels(n: int, what: str):
+        text = args.labels.read_text(encoding="utf-8", errors="replace")
+        lines = [l.rstrip() for l in text.splitlines()]
+        while lines and lines[-1] == "":
+            lines.pop()
+        if len(lines) != n:
+            raise UsageError(f"--labels {args.labels} has {len(lines)} labels but {what} has {n} classes")
+        return lines
+
     # --- classification
     labels = None
     sample_labels = [None] * len(samples)
@@ -1344,12 +1842,7 @@ def pack(args) -> int:
             first["scores"] = "probabilities" if probs else "logits"
             say(f"  outputs[0] scores: {first['scores']} (detected; override with --scores)")
         if args.labels is not None:
-            text = args.labels.read_text(encoding="utf-8", errors="replace")
-            labels = [l.rstrip() for l in text.splitlines()]
-            while labels and labels[-1] == "":
-                labels.pop()
-            if len(labels) != n:
-                raise UsageError(f"--labels {args.labels} has {len(labels)} labels but outputs[0] `{first['name']}` has {n} classes")
+            labels = read_labels(n, f"outputs[0] `{first['name']}`")
             first["labels"] = "labels.txt"
         for i, v in enumerate(deq):
             order = np.argsort(-v, kind="stable")
@@ -1359,12 +1852,22 @@ def pack(args) -> int:
             else:
                 say(f"  sample {i:03d}: top-1 margin {margin:.3g} is within 2 x atol; no expected label written for it")
 
+    # --- detection
+    detection = None
+    if task == "detection":
+        detection = plan_detection(args, det_names, det_strides, outputs, golden, quants, hw)
+        if args.labels is not None:
+            labels = read_labels(detection["classes"], f"[detection] ({args.detection_head} head)")
+            detection["labels"] = "labels.txt"
+        say(f"  detection: outputs {names_text(detection['outputs'])}, classes {detection['classes']}, score_threshold "
+            f"{detection['score_threshold']:g}, iou_threshold {detection['iou_threshold']:g}, max_detections {detection['max_detections']}")
+
     # --- budgets, description
     model_bytes = model.stat().st_size
     if args.ram_mib is not None:
         ram = args.ram_mib
     else:
-        act = onnx_activation_bytes(info.onnx_model, spec["name"], shape) if fmt == "onnx" else getattr(info, "act_bytes", 0)
+        act = onnx_activation_bytes(info.onnx_model, {s_["name"]: s_["shape"] for s_ in specs}) if fmt == "onnx" else getattr(info, "act_bytes", 0)
         ram = ram_budget_mib(model_bytes, act)
     model_sha = sha256_file(model)
     desc = args.description or f"{model.name} packed by tools/pack.py"
@@ -1379,16 +1882,18 @@ def pack(args) -> int:
         "model_file": "model.onnx" if fmt == "onnx" else "model.tflite",
         "format": fmt,
         "precision": precision,
-        "input": spec,
+        "inputs": specs,
         "outputs": outputs,
+        "detection": detection,
         "ram_mib": ram,
         "p95_ms": args.p95_ms,
         "samples": [{"label": sample_labels[i]} for i in range(len(samples))],
     }
     manifest = write_package(args.out, p, model, labels, samples, golden)
-    say(f"wrote {args.out}: {manifest.name}, {p['model_file']}, {len(samples)} golden sample(s) x {len(outputs)} output(s)"
+    say(f"wrote {args.out}: {manifest.name}, {p['model_file']}, {len(samples)} golden sample(s) x {len(specs)} input(s) x {len(outputs)} output(s)"
         + (", labels.txt" if labels is not None else "") + f"; ram budget {ram} MiB, p95 {args.p95_ms:g} ms")
-    cmd = f"beltbox infer --model {args.out} --input {args.out / 'golden/000.in.npy'} --json"
+    spec_names = [s_["name"] for s_ in specs]
+    cmd = " ".join(["beltbox", "infer", "--model", str(args.out)] + infer_input_args(args.out, spec_names) + ["--json"])
     say("verify it (loading runs the golden self-check), then check the RAM plan against the budget:")
     print(f"  {cmd}")
     print(f"  beltbox plan --model {args.out}")
@@ -1396,7 +1901,7 @@ def pack(args) -> int:
         bb = find_beltbox(args.beltbox)
         if bb is None:
             raise PackError("--verify: no beltbox binary found (give --beltbox PATH or set $BELTBOX)")
-        if not verify(bb, args.out):
+        if not verify(bb, args.out, spec_names):
             return 1
     return 0
 

@@ -38,12 +38,14 @@ struct Cli {
 enum Command {
     /// Run one input (PNG, PGM, NPY tensor or raw tensor bytes): top-k classes, or the outputs.
     #[command(
-        after_help = "Examples:\n  beltbox infer --model models/digits-fp32 --input models/digits-fp32/golden/000.pgm\n  beltbox infer --model digits-int8-qoperator --input frame.png --top-k 3 --json\n  beltbox infer --model ./my-detector --input frame.npy --output-npy out/   # every output tensor\n\n\
+        after_help = "Examples:\n  beltbox infer --model models/digits-fp32 --input models/digits-fp32/golden/000.pgm\n  beltbox infer --model digits-int8-qoperator --input frame.png --top-k 3 --json\n  beltbox infer --model ./my-detector --input frame.png --json   # boxes after NMS\n  beltbox infer --model ./my-detector --input frame.npy --output-npy out/   # every output tensor\n  beltbox infer --model ./two-inputs --input image=frame.npy --input scale_factor=sf.npy\n\n\
 Inputs: PNG/PGM images are converted, resized and normalised as the manifest says; .npy \
 holds the model's input tensor as is (float32 is quantised for int8 models); .raw/.bin are \
 the tensor's bytes (little-endian).\n\n\
-Outputs: classification outputs print their top-k classes; every output prints its name, \
-shape and value range. --json adds each output's dequantised values for `raw` outputs; \
+Outputs: classification outputs print their top-k classes; a package with [detection] \
+prints its boxes (score, label, [x1, y1, x2, y2] in the input image's pixels, after NMS); every \
+output prints its name, shape and value range. --json adds `detections` and each output's \
+dequantised values for `raw` and `detection` outputs; \
 --output-npy writes every output tensor as DIR/<index>_<name>.npy (as the model produced \
 it, quantised outputs as integers), to compare with your own reference."
     )]
@@ -455,13 +457,17 @@ fn infer(
             let values = t.to_f32();
             let mut o = serde_json::json!({
                 "name": spec.name,
-                "task": if spec.task == Task::Raw { "raw" } else { "classification" },
+                "task": match spec.task {
+                    Task::Raw => "raw",
+                    Task::Classification => "classification",
+                    Task::Detection => "detection",
+                },
                 "shape": t.shape,
                 "dtype": t.dtype().to_string(),
                 "min": values.iter().copied().fold(f32::INFINITY, f32::min),
                 "max": values.iter().copied().fold(f32::NEG_INFINITY, f32::max),
             });
-            if spec.task == Task::Raw {
+            if spec.task != Task::Classification {
                 o["values"] = serde_json::json!(values);
             }
             o
@@ -473,6 +479,7 @@ fn infer(
             "version": m.version.to_string(),
             "input": input_names,
             "top": result.classes,
+            "detections": result.detections,
             "outputs": outputs,
             "timings_ms": {
                 "preprocess": result.timings.preprocess_us as f64 / 1e3,
@@ -492,6 +499,21 @@ fn infer(
                 c.score * 100.0,
                 c.label,
                 c.index
+            ));
+        }
+        if m.detection.is_some() {
+            s.push_str(&format!("  {} detection(s)\n", result.detections.len()));
+        }
+        for d in &result.detections {
+            s.push_str(&format!(
+                "  {:>5.1}%  {} (class {}) at [{:.1}, {:.1}, {:.1}, {:.1}]\n",
+                d.score * 100.0,
+                d.label,
+                d.class,
+                d.bbox[0],
+                d.bbox[1],
+                d.bbox[2],
+                d.bbox[3]
             ));
         }
         for o in &outputs {

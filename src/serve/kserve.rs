@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 
 use beltbox_core::manifest::{InputSpec, Manifest};
 pub use beltbox_core::preprocess::Elements;
-use beltbox_core::preprocess::{self, ElementsError};
+use beltbox_core::preprocess::{self, ElementsError, Prepared};
 use beltbox_core::tensor::{DType, Tensor, TensorData};
 
 /// The header that announces the JSON part's length in a binary-extension message.
@@ -638,14 +638,14 @@ pub fn accepted_forms(spec: &InputSpec) -> String {
 
 /// The model's input tensor from a request tensor (the preprocessing is
 /// `preprocess::from_elements`); errors name the input and list the accepted forms.
-pub fn to_model_input(inp: InputTensor, spec: &InputSpec) -> Result<Tensor, KserveError> {
+pub fn to_model_input(inp: InputTensor, spec: &InputSpec) -> Result<Prepared, KserveError> {
     let InputTensor {
         name,
         shape,
         datatype,
         data,
     } = inp;
-    preprocess::from_elements(&shape, data, spec).map_err(|e| KserveError::Input {
+    preprocess::from_elements_sized(&shape, data, spec).map_err(|e| KserveError::Input {
         name,
         message: match e {
             ElementsError::File(_) | ElementsError::FileCount(_) => {

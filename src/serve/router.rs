@@ -355,6 +355,15 @@ fn respond(
         params.push(("top1_label", json!(c.label)));
         params.push(("top1_score", json!(c.score)));
     }
+    if manifest.detection.is_some() {
+        // KServe v2 parameters hold only strings, numbers and bools: the list travels as
+        // one JSON string (docs/service.md, "Detections").
+        params.push(("detection_count", json!(done.detections.len())));
+        params.push((
+            "detections",
+            json!(serde_json::to_string(&done.detections).unwrap_or_else(|_| "[]".into())),
+        ));
+    }
     match kserve::encode_response(manifest, id, &outputs, wanted, binary_data_output, params) {
         Ok((text, bin)) if bin.is_empty() => Response::new(200, "application/json", text),
         Ok((text, bin)) => {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::kserve::{self, InputTensor};
 use super::{ServedModel, Shared};
+use beltbox_core::detect::Detection;
 use beltbox_core::model::ModelError;
 use beltbox_core::postprocess::Class;
 use beltbox_core::tensor::Tensor;
@@ -30,6 +31,7 @@ pub(crate) struct Done {
     pub outputs: Vec<Tensor>,
     pub stages: StageTimings,
     pub top1: Option<Class>,
+    pub detections: Vec<Detection>,
 }
 
 /// `Err((status, message))` for requests that could not be served.
@@ -144,5 +146,6 @@ fn infer(m: &ServedModel, inputs: Vec<InputTensor>, queue_us: u64) -> JobResult 
             ..inference.timings
         },
         top1: inference.classes.into_iter().next(),
+        detections: inference.detections,
     })
 }

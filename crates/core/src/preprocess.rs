@@ -127,6 +127,32 @@ pub fn from_elements(
     data: Elements,
     spec: &InputSpec,
 ) -> Result<Tensor, ElementsError> {
+    from_elements_sized(shape, data, spec).map(|p| p.tensor)
+}
+
+/// A model input tensor and, when it came from an image, that image's (width, height):
+/// detection maps boxes back onto it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    pub tensor: Tensor,
+    pub image: Option<(usize, usize)>,
+}
+
+impl Prepared {
+    fn tensor(tensor: Tensor) -> Prepared {
+        Prepared {
+            tensor,
+            image: None,
+        }
+    }
+}
+
+/// [`from_elements`], also telling the source image's size.
+pub fn from_elements_sized(
+    shape: &[usize],
+    data: Elements,
+    spec: &InputSpec,
+) -> Result<Prepared, ElementsError> {
     let exact_shape = shape == spec.shape.as_slice();
     let tensor = |data: TensorData| {
         let mut t = Tensor::new(spec.shape.clone(), data);
@@ -135,14 +161,14 @@ pub fn from_elements(
     };
     match data {
         Elements::F32(v) if exact_shape && takes_reals(spec.dtype) => match spec.dtype {
-            DType::Float32 => Ok(tensor(TensorData::F32(v))),
-            q => Ok(tensor(quantize(&v, q, spec.quantization))),
+            DType::Float32 => Ok(Prepared::tensor(tensor(TensorData::F32(v)))),
+            q => Ok(Prepared::tensor(tensor(quantize(&v, q, spec.quantization)))),
         },
         Elements::I8(v) if exact_shape && spec.dtype == DType::Int8 => {
-            Ok(tensor(TensorData::I8(v)))
+            Ok(Prepared::tensor(tensor(TensorData::I8(v))))
         }
         Elements::U8(v) if exact_shape && spec.dtype == DType::Uint8 => {
-            Ok(tensor(TensorData::U8(v)))
+            Ok(Prepared::tensor(tensor(TensorData::U8(v))))
         }
         Elements::U8(v) => {
             let (height, width, channels) = match shape {
@@ -167,23 +193,37 @@ pub fn from_elements(
                 maxval: 255,
                 samples: v.into_iter().map(u16::from).collect(),
             };
-            Ok(from_image(&img, spec)?)
+            Ok(Prepared {
+                tensor: from_image(&img, spec)?,
+                image: Some((width, height)),
+            })
         }
         Elements::Bytes(v) => match v.as_slice() {
-            [file] => Ok(prepare(file, InputKind::Auto, spec)?),
+            [file] => Ok(prepare_sized(file, InputKind::Auto, spec)?),
             _ => Err(ElementsError::FileCount(v.len())),
         },
-        Elements::Typed(d) if exact_shape && d.dtype() == spec.dtype => Ok(tensor(d)),
+        Elements::Typed(d) if exact_shape && d.dtype() == spec.dtype => {
+            Ok(Prepared::tensor(tensor(d)))
+        }
         _ => Err(ElementsError::Mismatch),
     }
 }
 
 pub fn prepare(bytes: &[u8], kind: InputKind, spec: &InputSpec) -> Result<Tensor, PreprocessError> {
+    prepare_sized(bytes, kind, spec).map(|p| p.tensor)
+}
+
+/// [`prepare`], also telling the source image's size (for an image file).
+pub fn prepare_sized(
+    bytes: &[u8],
+    kind: InputKind,
+    spec: &InputSpec,
+) -> Result<Prepared, PreprocessError> {
     if kind == InputKind::Raw {
-        return from_raw(bytes, spec);
+        return from_raw(bytes, spec).map(Prepared::tensor);
     }
     if npy::is_npy(bytes) {
-        return from_npy(npy::parse(bytes)?, spec);
+        return from_npy(npy::parse(bytes)?, spec).map(Prepared::tensor);
     }
     let img = if image::is_png(bytes) {
         image::decode_png(bytes)?
@@ -192,7 +232,10 @@ pub fn prepare(bytes: &[u8], kind: InputKind, spec: &InputSpec) -> Result<Tensor
     } else {
         return Err(PreprocessError::UnknownFormat { dtype: spec.dtype });
     };
-    from_image(&img, spec)
+    Ok(Prepared {
+        tensor: from_image(&img, spec)?,
+        image: Some((img.width, img.height)),
+    })
 }
 
 fn from_raw(bytes: &[u8], spec: &InputSpec) -> Result<Tensor, PreprocessError> {

@@ -24,10 +24,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::detect::{self, DetectError, Detection};
 use crate::manifest::{self, Format};
 use crate::memory::{GraphFacts, Plan, PlanInputs, PreprocessFacts};
 use crate::postprocess::{self, Class};
-use crate::preprocess::{self, InputKind, PreprocessError};
+use crate::preprocess::{self, InputKind, Prepared, PreprocessError};
 use crate::tensor::Tensor;
 use crate::timing::{ms_f64 as ms, us, StageTimings};
 use backend::{Backend, BackendError};
@@ -51,6 +52,8 @@ pub enum ModelError {
     Input(#[from] PreprocessError),
     #[error("model output has {got} tensors; the manifest describes {expected}")]
     OutputCount { expected: usize, got: usize },
+    #[error("detection: {0}")]
+    Detect(#[from] DetectError),
     #[error("model `{model}` takes {} inputs ({}); {got} given: give one per input, by name", .inputs.len(), .inputs.join(", "))]
     InputCount {
         model: String,
@@ -71,7 +74,7 @@ impl ModelError {
                 ..
             } | ModelError::Golden(
                 golden::GoldenError::Mismatch { .. } | golden::GoldenError::Top1 { .. }
-            )
+            ) | ModelError::Detect(_)
         )
     }
 }
@@ -110,6 +113,8 @@ pub struct LoadInfo {
 #[derive(Debug, Clone)]
 pub struct Inference {
     pub classes: Vec<Class>,
+    /// Boxes of a `[detection]` package, best first (empty otherwise).
+    pub detections: Vec<Detection>,
     pub outputs: Vec<Tensor>,
     pub timings: StageTimings,
 }
@@ -117,6 +122,8 @@ pub struct Inference {
 pub struct Model {
     pub package: Package,
     pub labels: Vec<String>,
+    /// `[detection]` class labels.
+    pub detection_labels: Vec<String>,
     pub info: LoadInfo,
     /// The RAM plan made from this model's built backend at load.
     pub plan: Plan,
@@ -143,6 +150,7 @@ pub struct Built {
     /// The graph facts the plan came from, for reports (`None` for TFLite).
     pub facts: Option<GraphFacts>,
     labels: Vec<String>,
+    detection_labels: Vec<String>,
     backend: Box<dyn Backend>,
     load_ms: f64,
     threads: usize,
@@ -166,6 +174,7 @@ pub fn build(
     let threads = opts.threads.max(1);
     let bytes = package.read(&m.model.file)?;
     let labels = package.labels()?;
+    let detection_labels = package.detection_labels()?;
     let (backend, facts): (Box<dyn Backend>, Option<GraphFacts>) = match m.model.format {
         Format::Onnx => {
             let b = tract_backend::TractBackend::load(&bytes, m, threads).map_err(backend_err)?;
@@ -186,6 +195,7 @@ pub fn build(
         plan,
         facts,
         labels,
+        detection_labels,
         backend,
         load_ms: ms(t0),
         threads,
@@ -244,6 +254,7 @@ impl Built {
             },
             package: self.package,
             labels: self.labels,
+            detection_labels: self.detection_labels,
             plan: self.plan,
             backend: self.backend,
         };
@@ -310,13 +321,13 @@ impl Model {
     }
 
     /// Each input file's bytes, prepared for its manifest input (manifest order).
-    pub fn prepare(&self, inputs: &[(&[u8], InputKind)]) -> Result<Vec<Tensor>, ModelError> {
+    pub fn prepare(&self, inputs: &[(&[u8], InputKind)]) -> Result<Vec<Prepared>, ModelError> {
         let m = &self.package.manifest;
         self.check_input_count(inputs.len())?;
         inputs
             .iter()
             .zip(&m.inputs)
-            .map(|((bytes, kind), spec)| Ok(preprocess::prepare(bytes, *kind, spec)?))
+            .map(|((bytes, kind), spec)| Ok(preprocess::prepare_sized(bytes, *kind, spec)?))
             .collect()
     }
 
@@ -333,7 +344,11 @@ impl Model {
         runs: usize,
     ) -> Result<Option<Vec<backend::OpTime>>, ModelError> {
         let m = &self.package.manifest;
-        let tensors = self.prepare(inputs)?;
+        let tensors: Vec<Tensor> = self
+            .prepare(inputs)?
+            .into_iter()
+            .map(|p| p.tensor)
+            .collect();
         self.backend
             .profile(&tensors, runs)
             .map_err(|source| ModelError::Backend {
@@ -354,22 +369,34 @@ impl Model {
 
     /// The timed pipeline with the caller's preprocessing (`prepare` turns whatever the
     /// caller holds, e.g. decoded request tensors, into one tensor per manifest input):
-    /// preprocess, run, top-k classes, each stage timed. `queue_us` is left 0 for the
-    /// caller to fill.
+    /// preprocess, run, postprocess (top-k classes, detections), each stage timed.
+    /// `queue_us` is left 0 for the caller to fill.
     pub fn infer_with<E: From<ModelError>>(
         &self,
-        prepare: impl FnOnce(&[manifest::InputSpec]) -> Result<Vec<Tensor>, E>,
+        prepare: impl FnOnce(&[manifest::InputSpec]) -> Result<Vec<Prepared>, E>,
         top_k: usize,
     ) -> Result<Inference, E> {
+        let m = &self.package.manifest;
         let t0 = Instant::now();
-        let inputs = prepare(&self.package.manifest.inputs)?;
+        let prepared = prepare(&m.inputs)?;
+        // Boxes map back onto the image fed to the first input that takes images.
+        let image = m
+            .inputs
+            .iter()
+            .zip(&prepared)
+            .find(|(spec, _)| spec.preprocess.is_some())
+            .and_then(|(_, p)| p.image);
+        let inputs: Vec<Tensor> = prepared.into_iter().map(|p| p.tensor).collect();
         let t1 = Instant::now();
         let outputs = self.run_tensors(&inputs)?;
         let t2 = Instant::now();
         let classes = self.classes(&outputs, top_k);
+        let detections =
+            detect::detect(m, &outputs, &self.detection_labels, image).map_err(ModelError::from)?;
         let t3 = Instant::now();
         Ok(Inference {
             classes,
+            detections,
             outputs,
             timings: StageTimings {
                 queue_us: 0,

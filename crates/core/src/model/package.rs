@@ -177,21 +177,34 @@ impl Package {
 
     /// Labels of output 0, one per line; empty when the manifest names none.
     pub fn labels(&self) -> Result<Vec<String>, PackageError> {
-        match self
-            .manifest
-            .outputs
-            .first()
-            .and_then(|o| o.labels.as_deref())
-        {
-            None => Ok(Vec::new()),
-            Some(rel) => {
-                let bytes = self.read(rel)?;
-                Ok(String::from_utf8_lossy(&bytes)
-                    .lines()
-                    .map(|l| l.trim_end().to_string())
-                    .collect())
-            }
-        }
+        self.label_file(
+            self.manifest
+                .outputs
+                .first()
+                .and_then(|o| o.labels.as_deref()),
+        )
+    }
+
+    /// The `[detection]` class labels (empty without a labels file).
+    pub fn detection_labels(&self) -> Result<Vec<String>, PackageError> {
+        self.label_file(
+            self.manifest
+                .detection
+                .as_ref()
+                .and_then(|d| d.labels.as_deref()),
+        )
+    }
+
+    /// One label per line of a package file (verified like every file it reads).
+    fn label_file(&self, rel: Option<&str>) -> Result<Vec<String>, PackageError> {
+        let Some(rel) = rel else {
+            return Ok(Vec::new());
+        };
+        let bytes = self.read(rel)?;
+        Ok(String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(|l| l.trim_end().to_string())
+            .collect())
     }
 }
 
