@@ -342,7 +342,7 @@ fn serves_kserve_v2_reports_metrics_refuses_bad_input_and_stops_on_sigterm() {
     // (what, status, error must contain, body, Inference-Header-Content-Length)
     let cases: Vec<BadCase> = vec![
         ("malformed JSON", 400, "malformed JSON", b"{\"inputs\": [".to_vec(), None),
-        ("wrong datatype", 400, "datatype INT64 is not accepted", tensor_request(json!([1, 1, 8, 8]), "INT64", zeros(64)), None),
+        ("wrong datatype", 400, "INT64 [1, 1, 8, 8] does not match the model input; accepted: FP32", tensor_request(json!([1, 1, 8, 8]), "INT64", zeros(64)), None),
         ("wrong shape", 400, "does not match the model input", tensor_request(json!([1, 8, 8]), "FP32", zeros(64)), None),
         ("wrong element count", 400, "needs 64 elements but 63 were sent", tensor_request(json!([1, 1, 8, 8]), "FP32", zeros(63)), None),
         ("wrong input name", 400, "takes one input named `input`", serde_json::to_vec(&json!({ "inputs": [{ "name": "x", "shape": [1,1,8,8], "datatype": "FP32", "data": zeros(64) }] })).unwrap(), None),

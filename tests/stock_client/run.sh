@@ -13,8 +13,10 @@ fi
 if ! python3 -c 'import ensurepip' 2>/dev/null; then
     apt-get install -y -q python3-venv >/dev/null
 fi
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import tritonclient.http, numpy' 2>/dev/null; then
+# onnx (pinned as in models/requirements.txt) writes the two-input model the client sends
+# INT64/BOOL tensors to.
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import tritonclient.http, numpy, onnx' 2>/dev/null; then
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q 'tritonclient[http]==2.73.0' 'numpy==2.4.6'
+    "$VENV/bin/pip" install -q 'tritonclient[http]==2.73.0' 'numpy==2.4.6' 'onnx==1.23.2'
 fi
 exec "$VENV/bin/python" tests/stock_client/kserve_client.py "$BIN"
