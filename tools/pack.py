@@ -453,7 +453,10 @@ def image_to_tensor(px: np.ndarray, maxval: int, spec: dict) -> np.ndarray:
         inner = _resize_bilinear(img, nw, nh)
         pad = np.float32(pre["pad"]) / np.float32(255.0) * mv
         fitted = np.full((h, w, c), pad, dtype=np.float32)
-        top, left = (h - nh) // 2, (w - nw) // 2
+        if pre.get("letterbox_anchor", "center") == "top-left":
+            top, left = 0, 0
+        else:
+            top, left = (h - nh) // 2, (w - nw) // 2
         fitted[top : top + nh, left : left + nw] = inner
     if pre["color"] == "bgr":
         fitted = fitted[:, :, ::-1]
@@ -972,9 +975,12 @@ def build_input_spec(args, ii: InputInfo, shape, image: bool):
         raise UsageError("--letterbox PAD must be a pixel value in 0..255")
     spec["layout"] = layout
     spec["hwc"] = (h, w, c)
+    if args.letterbox_anchor is not None and pad is None:
+        raise UsageError("--letterbox-anchor needs --letterbox PAD")
     spec["preprocess"] = {
         "resize": [h, w],
         "resize_mode": "stretch" if pad is None else "letterbox",
+        "letterbox_anchor": args.letterbox_anchor or "center",
         "pad": 0.0 if pad is None else float(pad),
         "color": args.image,
         "scale": f32(scale),
@@ -1380,6 +1386,8 @@ def manifest_text(p: dict) -> str:
             L += ["", "[inputs.preprocess]", f"resize = {toml_value(pre['resize'])}"]
             if pre["resize_mode"] != "stretch":
                 L += [f"resize_mode = {toml_value(pre['resize_mode'])}", f"pad = {toml_value(pre['pad'])}"]
+                if pre.get("letterbox_anchor", "center") != "center":
+                    L.append(f"letterbox_anchor = {toml_value(pre['letterbox_anchor'])}")
             L += [
                 f"color = {toml_value(pre['color'])}",
                 f"scale = {toml_value(pre['scale'])}",
@@ -1583,6 +1591,8 @@ def parse_args(argv):
     g.add_argument("--layout", choices=["nchw", "nhwc"],
                    help="default: from the shape's channel dim. Also with --task detection and no --image: the detector's input layout")
     g.add_argument("--letterbox", type=float, metavar="PAD", help="keep the aspect ratio, pad with PAD (0-255); default: stretch")
+    g.add_argument("--letterbox-anchor", choices=["center", "top-left"],
+                   help="where the letterboxed image sits: centred (default) or top-left, padding right and below (nudenet)")
     d = ap.add_argument_group("detection (--task detection; writes task = \"detection\" on those outputs and the [detection] section)")
     d.add_argument("--detection-head", choices=["yolo", "yolo-objectness", "boxes-scores", "picodet"],
                    help="the output layout: yolo [1,4+C,N]; yolo-objectness [1,N,5+C]; boxes-scores boxes [1,N,4] then scores "
@@ -1678,9 +1688,9 @@ def pack(args) -> int:
     if args.image is None:
         if args.image_input is not None:
             raise UsageError("--image-input only applies with --image gray|rgb|bgr")
-        for opt in ("mean", "std", "scale", "letterbox") + (() if task == "detection" else ("layout",)):
+        for opt in ("mean", "std", "scale", "letterbox", "letterbox_anchor") + (() if task == "detection" else ("layout",)):
             if getattr(args, opt) is not None:
-                raise UsageError(f"--{opt} only applies with --image gray|rgb|bgr")
+                raise UsageError(f"--{opt.replace('_', '-')} only applies with --image gray|rgb|bgr")
     if not VERSION_RE.match(args.version):
         raise UsageError(f"--version `{args.version}` is not MAJOR.MINOR.PATCH")
     name = args.name if args.name is not None else (package_name(args.out.resolve().name) or package_name(model.stem) or "model")

@@ -887,6 +887,7 @@ mod tests {
         let image = accepted_forms(&input_spec(Some(beltbox_core::manifest::Preprocess {
             resize: [8, 8],
             resize_mode: Default::default(),
+            letterbox_anchor: Default::default(),
             pad: 0.0,
             color: beltbox_core::manifest::Color::Rgb,
             scale: 1.0,

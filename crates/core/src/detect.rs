@@ -1328,6 +1328,7 @@ mod tests {
             preprocess: Some(Preprocess {
                 resize: [8, 8],
                 resize_mode: ResizeMode::Letterbox,
+                letterbox_anchor: Default::default(),
                 pad: 0.0,
                 color: Color::Gray,
                 scale: 1.0,

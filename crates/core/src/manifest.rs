@@ -214,6 +214,14 @@ pub enum ResizeMode {
     Letterbox,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LetterboxAnchor {
+    #[default]
+    Center,
+    TopLeft,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preprocess {
@@ -221,6 +229,10 @@ pub struct Preprocess {
     pub resize: [usize; 2],
     #[serde(default)]
     pub resize_mode: ResizeMode,
+    /// Where a letterboxed image sits: centred (default; Ultralytics, PaddleDetection) or
+    /// in the top-left corner with all padding right and below (nudenet, some OCR).
+    #[serde(default)]
+    pub letterbox_anchor: LetterboxAnchor,
     /// Letterbox fill, in pixel units of an 8-bit image (0-255) before normalisation.
     #[serde(default)]
     pub pad: f32,

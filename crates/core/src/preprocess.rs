@@ -11,7 +11,7 @@
 //! model, preprocesses a UINT8 image like a decoded file, or decodes one encoded file.
 
 use crate::image::{self, Image, ImageError};
-use crate::manifest::{Color, InputSpec, Layout, Preprocess, ResizeMode};
+use crate::manifest::{Color, InputSpec, Layout, LetterboxAnchor, Preprocess, ResizeMode};
 use crate::npy::{self, NpyError};
 use crate::tensor::{DType, QuantParams, Tensor, TensorData};
 
@@ -347,7 +347,8 @@ pub struct Placement {
 /// The [`Placement`] of a `src_w` x `src_h` image in a `dst_w` x `dst_h` tensor under
 /// `pre.resize_mode`. Stretch fills the tensor. Letterbox scales by
 /// `min(dst_w / src_w, dst_h / src_h)`, rounds each side to the nearest pixel (at least 1,
-/// at most the tensor's), and centres the result with the top/left padding rounded down.
+/// at most the tensor's), and centres the result with the top/left padding rounded down (or,
+/// with `letterbox_anchor = "top-left"`, puts it in the corner).
 /// Sizes are expected to be positive (decoded images and validated manifests are); zeros
 /// give infinite scales, never a panic.
 pub fn placement(
@@ -366,9 +367,16 @@ pub fn placement(
             (side(src_w, dst_w), side(src_h, dst_h))
         }
     };
+    let (left, top) = match (pre.resize_mode, pre.letterbox_anchor) {
+        (ResizeMode::Letterbox, LetterboxAnchor::TopLeft) => (0, 0),
+        _ => (
+            dst_w.saturating_sub(width) / 2,
+            dst_h.saturating_sub(height) / 2,
+        ),
+    };
     Placement {
-        left: (dst_w.saturating_sub(width) / 2) as f64,
-        top: (dst_h.saturating_sub(height) / 2) as f64,
+        left: left as f64,
+        top: top as f64,
         scale_x: width as f64 / src_w as f64,
         scale_y: height as f64 / src_h as f64,
         width,
@@ -497,6 +505,7 @@ mod tests {
             layout,
             preprocess: Some(Preprocess {
                 resize_mode: ResizeMode::Stretch,
+                letterbox_anchor: LetterboxAnchor::Center,
                 pad: 0.0,
                 resize: match layout {
                     Layout::Nchw => [shape[2], shape[3]],
@@ -582,6 +591,16 @@ mod tests {
         };
         // 1x2 scaled by min(4/1, 2/2) = 1 -> 1 pixel wide, left pad (4 - 1) / 2 = 1.
         assert_eq!(v, vec![0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
+        // Anchored top-left, all the padding goes right.
+        if let Some(p) = g.preprocess.as_mut() {
+            p.letterbox_anchor = LetterboxAnchor::TopLeft;
+        }
+        let TensorData::F32(v) = from_image(&tall, &g).unwrap().data else {
+            panic!()
+        };
+        assert_eq!(v, vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
+        let p = g.preprocess.as_ref().map(|p| placement(p, 1, 2, 4, 2));
+        assert_eq!(p.map(|p| (p.left, p.top)), Some((0.0, 0.0)));
     }
 
     #[test]

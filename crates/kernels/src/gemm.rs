@@ -28,23 +28,28 @@ fn groups(k: usize) -> usize {
     k.div_ceil(4)
 }
 
-/// The weight matrix, packed `[m / MR][k / 4][MR][4]` with zeros past `m` and `k`.
+/// The weight matrix in the one form its ISA's kernel reads: bytes packed
+/// `[m / MR][k / 4][MR][4]` with zeros past `m` and `k` (portable, VNNI), or those bytes
+/// widened (AVX2). Holding one form, not both, keeps weight RAM at what the kernel needs:
+/// an INT8 MobileNet held 4 MiB more while both were kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackedA {
     m: usize,
     k: usize,
+    /// The packed bytes; empty when the weights are held `wide`.
     data: Vec<i8>,
-    /// x86_64 only: the same weights widened for the AVX2 kernel, `[m / MR][k / 4][MR][2]`:
-    /// per 4-group, the 16-bit pairs `(w0, w2)` and `(w1, w3)` as one `i32` each, so the
-    /// inner loop broadcasts them as they are instead of sign-extending on every use.
+    /// x86_64 AVX2 only: the weights widened, `[m / MR][k / 4][MR][2]`: per 4-group, the
+    /// 16-bit pairs `(w0, w2)` and `(w1, w3)` as one `i32` each, so the inner loop
+    /// broadcasts them as they are instead of sign-extending on every use. Empty otherwise.
     #[cfg(target_arch = "x86_64")]
     wide: Vec<i32>,
     row_sums: Vec<i32>,
 }
 
 impl PackedA {
-    /// Packs the `m x k` matrix whose element `(r, c)` is `w(r, c)`.
-    pub fn new(m: usize, k: usize, w: impl Fn(usize, usize) -> i8) -> PackedA {
+    /// Packs the `m x k` matrix whose element `(r, c)` is `w(r, c)` for the kernels of
+    /// `isa` (the form [`gemm`] with that `isa` reads).
+    pub fn new(isa: Isa, m: usize, k: usize, w: impl Fn(usize, usize) -> i8) -> PackedA {
         let kg = groups(k);
         let tiles = m.div_ceil(MR);
         let mut data = vec![0i8; tiles * kg * MR * 4];
@@ -59,15 +64,22 @@ impl PackedA {
             }
         }
         #[cfg(target_arch = "x86_64")]
-        let wide = data
-            .chunks_exact(4)
-            .flat_map(|w| {
-                let pair = |lo: i8, hi: i8| {
-                    (lo as i16 as u16 as u32 | (hi as i16 as u16 as u32) << 16) as i32
-                };
-                [pair(w[0], w[2]), pair(w[1], w[3])]
-            })
-            .collect();
+        let (data, wide) = if isa == Isa::Avx2 {
+            let wide = data
+                .chunks_exact(4)
+                .flat_map(|w| {
+                    let pair = |lo: i8, hi: i8| {
+                        (lo as i16 as u16 as u32 | (hi as i16 as u16 as u32) << 16) as i32
+                    };
+                    [pair(w[0], w[2]), pair(w[1], w[3])]
+                })
+                .collect();
+            (Vec::new(), wide)
+        } else {
+            (data, Vec::new())
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = isa;
         PackedA {
             m,
             k,
@@ -91,6 +103,14 @@ impl PackedA {
     /// `sum_k A[r][k]`, for folding the activation zero point into a per-row offset.
     pub fn row_sum(&self, r: usize) -> i32 {
         self.row_sums[r]
+    }
+
+    /// Whether the weights are held widened (AVX2).
+    fn is_wide(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return !self.wide.is_empty();
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 
     /// Heap bytes held (for the memory plan).
@@ -221,7 +241,9 @@ pub fn gemm(isa: Isa, a: &PackedA, b: &[u8], n: usize, ep: &mut Epilogue) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: this level comes from runtime detection (`Isa::detect`).
-        Isa::Avx512Vnni if ep.col_sums.is_none() => unsafe { x86::gemm_vnni(a, b, n, ep) },
+        Isa::Avx512Vnni if ep.col_sums.is_none() && !a.is_wide() => unsafe {
+            x86::gemm_vnni(a, b, n, ep)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above; the epilogue loop vectorises with AVX2.
         Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::gemm_avx2(isa, a, b, n, ep) },
@@ -261,19 +283,20 @@ fn gemm_impl(isa: Isa, a: &PackedA, b: &[u8], n: usize, ep: &mut Epilogue) {
 /// One `MR x NR` tile (row tile `t` of `a`): `tile[r * NR + j] = sum over the kg groups of
 /// a . b`.
 fn kernel(isa: Isa, kg: usize, a: &PackedA, t: usize, b: &[u8], tile: &mut [i32; MR * NR]) {
+    #[cfg(target_arch = "x86_64")]
+    if a.is_wide() {
+        let wide = &a.wide[t * kg * MR * 2..][..kg * MR * 2];
+        // SAFETY: `wide` is only built for `Isa::Avx2`, which is only produced after
+        // runtime detection confirmed AVX2; `wide`/`b` hold exactly `kg` groups (sliced
+        // here and by `gemm`).
+        return unsafe { x86::tile_avx2(kg, wide.as_ptr(), b.as_ptr(), tile) };
+    }
     let ap = &a.data[t * kg * MR * 4..][..kg * MR * 4];
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512Vnni`/`Isa::Avx2` are only produced after runtime detection
-        // confirmed the features; `ap`/`b` hold exactly `kg` packed groups (sliced here and
-        // by `gemm`).
+        // SAFETY: `Isa::Avx512Vnni` is only produced after runtime detection confirmed the
+        // features; `ap`/`b` hold exactly `kg` packed groups (sliced here and by `gemm`).
         Isa::Avx512Vnni => unsafe { x86::tile_vnni(kg, ap.as_ptr(), b.as_ptr(), tile) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            let wide = &a.wide[t * kg * MR * 2..][..kg * MR * 2];
-            // SAFETY: as above; `wide` holds the same `kg` groups widened.
-            unsafe { x86::tile_avx2(kg, wide.as_ptr(), b.as_ptr(), tile) }
-        }
         _ => tile_portable(kg, ap, b, tile),
     }
 }
@@ -319,6 +342,10 @@ mod x86 {
             b.len() >= panels * kg * NR * 4 && ep.out.len() >= a.m.saturating_sub(1) * ep.ldo + n
         );
         assert!(ep.offset.len() >= a.m && ep.scale.len() >= a.m);
+        assert!(
+            a.data.len() >= tiles * kg * MR * 4,
+            "VNNI reads the packed bytes"
+        );
         let lo = _mm512_set1_ps(ep.range.lo);
         let hi = _mm512_set1_ps(ep.range.hi);
         let zp = _mm512_set1_epi32(ep.range.zp);
@@ -535,7 +562,7 @@ mod tests {
         let range = OutRange::new(0, 255, rng.i32(0..256));
         let want = reference(&w, &x, m, k, n, x_zp, &w_zp, &bias, &scale, &range);
 
-        let a = PackedA::new(m, k, |r, c| w[r * k + c]);
+        let a = PackedA::new(isa, m, k, |r, c| w[r * k + c]);
         let mut b = Vec::new();
         pack_b(&x, k, n, n, false, &mut b);
         let offset: Vec<i32> = (0..m)
@@ -576,11 +603,21 @@ mod tests {
     }
 
     #[test]
+    fn one_weight_form_per_isa() {
+        // 16 x 32 weights: 512 bytes packed, 1024 widened for AVX2, never both.
+        for isa in Isa::all_supported() {
+            let a = PackedA::new(isa, 16, 32, |_, _| 1);
+            let per_weight = if isa == Isa::Avx2 { 2 } else { 1 };
+            assert_eq!(a.bytes(), 16 * 32 * per_weight + 16 * 4, "{isa:?}");
+        }
+    }
+
+    #[test]
     fn extreme_values_do_not_saturate() {
         // 255 * -128 four times per lane overflows 16 bits; every kernel must stay exact.
         for isa in Isa::all_supported() {
             let (m, k, n) = (8, 64, 32);
-            let a = PackedA::new(m, k, |_, _| -128);
+            let a = PackedA::new(isa, m, k, |_, _| -128);
             let x = vec![255u8; k * n];
             let mut b = Vec::new();
             pack_b(&x, k, n, n, false, &mut b);

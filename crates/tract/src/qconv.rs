@@ -358,6 +358,8 @@ impl IntegerConv {
         let taps_per_filter = cg * kh * kw;
         let x_signed = x_dt == DatumType::I8;
 
+        // One ISA for the weights' form and the kernels that read them.
+        let isa = Isa::detect();
         let kind = if group == c_in && m == c_in && cg == 1 {
             let taps = (0..m)
                 .map(|c| {
@@ -377,7 +379,7 @@ impl IntegerConv {
             let mut offset = vec![0i32; m];
             let mut w_zp_k = vec![0i32; m];
             for g in 0..group {
-                let a = PackedA::new(mg, taps_per_filter, |r, c| {
+                let a = PackedA::new(isa, mg, taps_per_filter, |r, c| {
                     (w_val((g * mg + r) * taps_per_filter + c) - w_shift) as i8
                 });
                 for r in 0..mg {
@@ -421,7 +423,7 @@ impl IntegerConv {
                 kind,
                 y_dt,
                 out_shape,
-                isa: Isa::detect(),
+                isa,
             }),
         }))
     }
@@ -488,6 +490,16 @@ impl QConv {
                 let im2col = if *pointwise { 0 } else { k * oh * ow };
                 im2col + gemm::packed_b_len(k, oh * ow)
             }
+        }
+    }
+
+    /// Bytes of the 8-bit weights the packing was made from: the parsed model holds them
+    /// until the load finishes, so they are the load's transient, whatever the packed
+    /// form costs.
+    pub fn source_weight_bytes(&self) -> usize {
+        match &self.p.kind {
+            Kind::Depthwise { taps } => taps.iter().map(Vec::len).sum(),
+            Kind::Gemm { packed, .. } => packed.iter().map(|a| a.rows() * a.depth()).sum(),
         }
     }
 

@@ -92,7 +92,7 @@ pub fn graph_facts(plan: &TypedRunnableModel) -> Result<GraphFacts, MemoryError>
         } else if let Some(qc) = node.op_as::<QConv>() {
             // Packed integer weights live inside the op, not in a Const.
             weights_bytes += qc.weight_bytes() as u64;
-            packed_at_load_bytes += qc.weight_bytes() as u64;
+            packed_at_load_bytes += qc.source_weight_bytes() as u64;
             const_count += 1;
         } else if let Some(mm) = node.op_as::<OptMatMul>() {
             let w = matmul_weights(mm)?;

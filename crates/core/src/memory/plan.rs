@@ -54,8 +54,9 @@ pub enum Alias {
 pub struct GraphFacts {
     /// Bytes of every constant tensor after optimisation.
     pub weights_bytes: u64,
-    /// Of those, weights beltbox's integer ops packed while loading: the packed copy is built
-    /// while the parsed model still holds the original, so it adds to the load transient.
+    /// Bytes of the original weights beltbox's integer ops packed from while loading: the
+    /// parsed model holds them until the load ends, next to the packed copy (counted in
+    /// `weights_bytes`), so they add to the load transient.
     pub packed_at_load_bytes: u64,
     pub const_count: usize,
     /// All nodes, constants included (drives the graph-structure estimate).
@@ -245,6 +246,14 @@ pub const RUNTIME_BYTES_PER_EXTRA_THREAD: u64 = 720 * 1024;
 /// plan's activation estimate, not here.
 pub const RUNTIME_LITERT_BYTES: u64 = 7680 * 1024;
 
+/// LiteRT's arena and XNNPACK's packed weights and workspace, per byte of the model input
+/// tensor: a CNN's early activations are several times its input. Fitted on the two real
+/// float TFLite models (face-detection-short-range: 3.4 MiB of VmHWM above the old estimate
+/// for a 0.19 MiB input; face-landmark: 7.9 MiB for 0.42 MiB, both ≈ 18.5 × the input, 2 ×
+/// was planned), release build, docs/memory.md. Two models make a fit, not a law: a
+/// TFLite plan is an estimate and says so (`file_size_estimate`).
+pub const TFLITE_ARENA_PER_INPUT_BYTE: u64 = 20;
+
 /// Runtime overhead of a tract-backed model for `threads` intra-op threads.
 pub fn runtime_bytes(threads: u64) -> u64 {
     RUNTIME_IDLE_BYTES
@@ -334,8 +343,8 @@ impl Plan {
 
     /// TFLite: LiteRT keeps the flatbuffer (weights) mapped/read and plans its tensor
     /// arena internally; the C API does not expose that plan. Estimate: weights = file
-    /// size; arena = 2 × the model input tensor + the file size / 4 (activations of small
-    /// CNNs are a fraction of their weights). Labelled `file_size_estimate`.
+    /// size; arena = [`TFLITE_ARENA_PER_INPUT_BYTE`] × the model input tensor + the file
+    /// size / 4. Labelled `file_size_estimate`.
     pub fn tflite_estimate(inp: &PlanInputs) -> Plan {
         let threads = inp.threads.max(1) as u64;
         let p = &inp.preprocess;
@@ -346,7 +355,7 @@ impl Plan {
             basis: PlanBasis::FileSizeEstimate,
             threads: inp.threads,
             weights_bytes: inp.model_file_bytes,
-            activation_bytes: 2 * input + inp.model_file_bytes / 4,
+            activation_bytes: TFLITE_ARENA_PER_INPUT_BYTE * input + inp.model_file_bytes / 4,
             activation_peak_at: None,
             graph_bytes: GRAPH_BASE_BYTES,
             scratch_bytes: threads * SCRATCH_BYTES_PER_THREAD,
