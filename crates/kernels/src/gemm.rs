@@ -106,11 +106,9 @@ impl PackedA {
     }
 
     /// Whether the weights are held widened (AVX2).
+    #[cfg(target_arch = "x86_64")]
     fn is_wide(&self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return !self.wide.is_empty();
-        #[cfg(not(target_arch = "x86_64"))]
-        false
+        !self.wide.is_empty()
     }
 
     /// Heap bytes held (for the memory plan).
