@@ -44,8 +44,8 @@ holds the model's input tensor as is (float32 is quantised for int8 models); .ra
 the tensor's bytes (little-endian).\n\n\
 Outputs: classification outputs print their top-k classes; a package with [detection] \
 prints its boxes (score, label, [x1, y1, x2, y2] in the input image's pixels, after NMS); every \
-output prints its name, shape and value range. --json adds `detections` and each output's \
-dequantised values for `raw` and `detection` outputs; \
+output prints its name, shape and value range. --json adds `detections` and each `raw` \
+output's dequantised values; \
 --output-npy writes every output tensor as DIR/<index>_<name>.npy (as the model produced \
 it, quantised outputs as integers), to compare with your own reference."
     )]
@@ -467,7 +467,9 @@ fn infer(
                 "min": values.iter().copied().fold(f32::INFINITY, f32::min),
                 "max": values.iter().copied().fold(f32::NEG_INFINITY, f32::max),
             });
-            if spec.task != Task::Classification {
+            // Raw outputs are the answer; a detector's answer is `detections` (its tensors
+            // can be large: --output-npy writes them).
+            if spec.task == Task::Raw {
                 o["values"] = serde_json::json!(values);
             }
             o

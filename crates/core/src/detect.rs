@@ -335,6 +335,17 @@ fn passes(spec: &DetectionSpec, score: f32) -> bool {
     score >= spec.score_threshold
 }
 
+/// The score of class `class` of candidate `row`, activated, when it is finite and passes
+/// the threshold (the per-class rule of `boxes-scores` and `picodet`).
+fn passing_score(spec: &DetectionSpec, t: &Table<'_>, row: usize, class: usize) -> Option<f32> {
+    let v = t.get(row, class);
+    if !v.is_finite() {
+        return None;
+    }
+    let score = activate(spec, v);
+    passes(spec, score).then_some(score)
+}
+
 fn activate(spec: &DetectionSpec, x: f32) -> f32 {
     match spec.score_activation {
         ScoreActivation::Probabilities => x,
@@ -540,12 +551,7 @@ fn decode_boxes_scores(
             continue;
         };
         for class in 0..c {
-            let v = s.get(row, class);
-            if !v.is_finite() {
-                continue;
-            }
-            let score = activate(spec, v);
-            if passes(spec, score) {
+            if let Some(score) = passing_score(spec, &s, row, class) {
                 found.push(Candidate {
                     index: row,
                     class,
@@ -601,14 +607,9 @@ fn decode_picodet(
         for cell in 0..cells {
             let mut bbox: Option<Option<[f32; 4]>> = None;
             for class in 0..c {
-                let v = s.get(cell, class);
-                if !v.is_finite() {
+                let Some(score) = passing_score(spec, &s, cell, class) else {
                     continue;
-                }
-                let score = activate(spec, v);
-                if !passes(spec, score) {
-                    continue;
-                }
+                };
                 // Decoded once per cell, and only for cells with a passing class.
                 let decoded = *bbox.get_or_insert_with(|| {
                     let (row, col) = (cell / cols.max(1), cell % cols.max(1));

@@ -443,8 +443,8 @@ impl Model {
 /// model's own input size when `None` (frames arrive at model resolution). A tensor input
 /// (no `preprocess`) is planned as one row of its elements: the encoded NPY, its decoded
 /// copy and the conversions, an over-estimate of a few tensor copies. A model with several
-/// inputs is planned as one row of all their elements at the widest element size (an
-/// over-estimate: a multi-input model's inputs are small next to its activations).
+/// tensor inputs is planned as one row of all their elements at the widest element size;
+/// with an image input among them, as that image input.
 pub fn preprocess_facts(m: &manifest::Manifest, frame: Option<(u64, u64)>) -> PreprocessFacts {
     let widest = m
         .inputs
@@ -452,11 +452,13 @@ pub fn preprocess_facts(m: &manifest::Manifest, frame: Option<(u64, u64)>) -> Pr
         .map(|i| i.dtype.size_of() as u64)
         .max()
         .unwrap_or(4);
-    let single = match m.inputs.as_slice() {
+    // One input, or the one that takes images (camera frames dominate; side tensors such
+    // as a scale factor are a few bytes and are not counted).
+    let planned = match m.inputs.as_slice() {
         [one] => Some(one),
-        _ => None,
+        many => many.iter().find(|i| i.preprocess.is_some()),
     };
-    let Some(input) = single else {
+    let Some(input) = planned else {
         let total: u64 = m.inputs.iter().map(|i| i.volume() as u64).sum();
         return PreprocessFacts {
             frame_width: total,
