@@ -331,8 +331,10 @@ fn sigmoid(x: f32) -> f32 {
 
 /// The threshold rule: `score >= score_threshold`, inclusive (a score exactly at the
 /// threshold is kept; a threshold of 0 keeps every finite score).
+/// A finite score at or above the threshold. Finite matters: objectness x class score of
+/// two huge raw values overflows to infinity, which would sort first and be reported.
 fn passes(spec: &DetectionSpec, score: f32) -> bool {
-    score >= spec.score_threshold
+    score.is_finite() && score >= spec.score_threshold
 }
 
 /// The score of class `class` of candidate `row`, activated, when it is finite and passes
@@ -1532,6 +1534,25 @@ mod tests {
         let boxes = [[0.0, 0.0, 10.0, 10.0]];
         let d = run_boxes("", &boxes, &[&[f32::NAN, 0.5]]);
         assert_dets(&d, &[(1, 0.5, boxes[0])]);
+    }
+
+    #[test]
+    fn overflowing_objectness_product_is_skipped() {
+        // Found by the proptest under QEMU (cortex-a76): objectness f32::MAX x class 72.4
+        // is infinite; it must be dropped, not reported with score inf.
+        let m = manifest(
+            &image_input(64, 64, "stretch"),
+            &["out"],
+            "head = \"yolo-objectness\"\nclasses = 1\nscore_threshold = 0.0",
+        );
+        #[rustfmt::skip]
+        let rows = [
+            // cx, cy, w, h, obj, class 0
+            1.0, 1.0, 2.0, 2.0, f32::MAX, 72.4,
+            20.0, 20.0, 10.0, 10.0, 0.5, 0.5,
+        ];
+        let d = detect(&m, &[f32s(&[1, 2, 6], &rows)], &[], None).unwrap();
+        assert_dets(&d, &[(0, 0.25, [15.0, 15.0, 25.0, 25.0])]);
     }
 
     #[test]
