@@ -437,6 +437,10 @@ fn from_binary(chunk: &[u8], dt: Datatype, count: u64) -> Result<Elements, Strin
             let data = TensorData::from_le_bytes(d, chunk).ok_or_else(|| {
                 format!("binary data is not valid {other} (BOOL bytes are 0 or 1)")
             })?;
+            // As for FP32 above: a NaN or infinity is refused at the door.
+            if !data.all_finite() {
+                return Err("an element is NaN or infinite".into());
+            }
             Ok(Elements::Typed(data))
         }
     }
@@ -645,7 +649,7 @@ pub fn to_model_input(inp: InputTensor, spec: &InputSpec) -> Result<Prepared, Ks
         datatype,
         data,
     } = inp;
-    preprocess::from_elements_sized(&shape, data, spec).map_err(|e| KserveError::Input {
+    preprocess::from_elements(&shape, data, spec).map_err(|e| KserveError::Input {
         name,
         message: match e {
             ElementsError::File(_) | ElementsError::FileCount(_) => {

@@ -323,6 +323,11 @@ impl Table<'_> {
             .copied()
             .unwrap_or(f32::NAN)
     }
+
+    /// Columns 0..4 of `row`: a box as the head laid it out.
+    fn raw_box(&self, row: usize) -> [f32; 4] {
+        [0, 1, 2, 3].map(|col| self.get(row, col))
+    }
 }
 
 fn sigmoid(x: f32) -> f32 {
@@ -496,8 +501,7 @@ fn decode_yolo(
         if !passes(spec, score) {
             continue;
         }
-        let raw_box = [t.get(row, 0), t.get(row, 1), t.get(row, 2), t.get(row, 3)];
-        if let Some(bbox) = to_xyxy(raw_box, format, normalized) {
+        if let Some(bbox) = to_xyxy(t.raw_box(row), format, normalized) {
             found.push(Candidate {
                 index: row,
                 class,
@@ -548,8 +552,7 @@ fn decode_boxes_scores(
     let format = spec.box_format.unwrap_or(BoxFormat::Xyxy);
     let mut found = Vec::new();
     for row in 0..n {
-        let raw_box = [b.get(row, 0), b.get(row, 1), b.get(row, 2), b.get(row, 3)];
-        let Some(bbox) = to_xyxy(raw_box, format, normalized) else {
+        let Some(bbox) = to_xyxy(b.raw_box(row), format, normalized) else {
             continue;
         };
         for class in 0..c {

@@ -201,6 +201,15 @@ mod tests {
     }
 
     #[test]
+    fn finiteness_is_judged_in_the_element_type() {
+        // An f64 beyond f32's range is finite; a float16 NaN is not; integers always are.
+        assert!(TensorData::F64(vec![1e300]).all_finite());
+        assert!(!TensorData::F16(vec![half::f16::NAN]).all_finite());
+        assert!(!TensorData::F32(vec![0.0, f32::INFINITY]).all_finite());
+        assert!(TensorData::I64(vec![i64::MAX]).all_finite());
+    }
+
+    #[test]
     fn every_dtype_round_trips() {
         use crate::tensor::DType;
         for &dt in DType::ALL {

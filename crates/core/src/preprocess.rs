@@ -119,17 +119,6 @@ pub enum ElementsError {
     File(#[from] PreprocessError),
 }
 
-/// The model input from a client's tensor of `shape`: the model tensor itself (float32 is
-/// quantised for an integer model), a UINT8 image `[H, W]`, `[H, W, C]` or `[1, H, W, C]`
-/// (preprocessed as a decoded file would be), or one encoded file.
-pub fn from_elements(
-    shape: &[usize],
-    data: Elements,
-    spec: &InputSpec,
-) -> Result<Tensor, ElementsError> {
-    from_elements_sized(shape, data, spec).map(|p| p.tensor)
-}
-
 /// A model input tensor and, when it came from an image, that image's (width, height):
 /// detection maps boxes back onto it.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,8 +136,11 @@ impl Prepared {
     }
 }
 
-/// [`from_elements`], also telling the source image's size.
-pub fn from_elements_sized(
+/// The model input from a client's tensor of `shape`: the model tensor itself (float32 is
+/// quantised for an integer model), a UINT8 image `[H, W]`, `[H, W, C]` or `[1, H, W, C]`
+/// (preprocessed as a decoded file would be, its size kept for detection), or one encoded
+/// file.
+pub fn from_elements(
     shape: &[usize],
     data: Elements,
     spec: &InputSpec,
@@ -157,18 +149,18 @@ pub fn from_elements_sized(
     let tensor = |data: TensorData| {
         let mut t = Tensor::new(spec.shape.clone(), data);
         t.quant = spec.quantization;
-        t
+        Prepared::tensor(t)
     };
     match data {
         Elements::F32(v) if exact_shape && takes_reals(spec.dtype) => match spec.dtype {
-            DType::Float32 => Ok(Prepared::tensor(tensor(TensorData::F32(v)))),
-            q => Ok(Prepared::tensor(tensor(quantize(&v, q, spec.quantization)))),
+            DType::Float32 => Ok(tensor(TensorData::F32(v))),
+            q => Ok(tensor(quantize(&v, q, spec.quantization))),
         },
         Elements::I8(v) if exact_shape && spec.dtype == DType::Int8 => {
-            Ok(Prepared::tensor(tensor(TensorData::I8(v))))
+            Ok(tensor(TensorData::I8(v)))
         }
         Elements::U8(v) if exact_shape && spec.dtype == DType::Uint8 => {
-            Ok(Prepared::tensor(tensor(TensorData::U8(v))))
+            Ok(tensor(TensorData::U8(v)))
         }
         Elements::U8(v) => {
             let (height, width, channels) = match shape {
@@ -202,9 +194,7 @@ pub fn from_elements_sized(
             [file] => Ok(prepare_sized(file, InputKind::Auto, spec)?),
             _ => Err(ElementsError::FileCount(v.len())),
         },
-        Elements::Typed(d) if exact_shape && d.dtype() == spec.dtype => {
-            Ok(Prepared::tensor(tensor(d)))
-        }
+        Elements::Typed(d) if exact_shape && d.dtype() == spec.dtype => Ok(tensor(d)),
         _ => Err(ElementsError::Mismatch),
     }
 }
@@ -251,7 +241,7 @@ fn from_raw(bytes: &[u8], spec: &InputSpec) -> Result<Tensor, PreprocessError> {
     }
     let data = TensorData::from_le_bytes(spec.dtype, bytes)
         .ok_or(PreprocessError::Invalid { dtype: spec.dtype })?;
-    if data.to_f32().iter().any(|x| !x.is_finite()) && spec.dtype.is_float() {
+    if !data.all_finite() {
         return Err(PreprocessError::NotFinite);
     }
     Ok(with_quant(Tensor::new(spec.shape.clone(), data), spec))
@@ -265,9 +255,7 @@ fn from_npy(t: Tensor, spec: &InputSpec) -> Result<Tensor, PreprocessError> {
         });
     }
     match (&t.data, spec.dtype) {
-        (d, _) if d.dtype().is_float() && d.to_f32().iter().any(|x| !x.is_finite()) => {
-            Err(PreprocessError::NotFinite)
-        }
+        (d, _) if !d.all_finite() => Err(PreprocessError::NotFinite),
         (TensorData::F32(v), DType::Int8 | DType::Uint8 | DType::Float16 | DType::Float64) => {
             let q = quantize(v, spec.dtype, spec.quantization);
             Ok(with_quant(Tensor::new(t.shape, q), spec))

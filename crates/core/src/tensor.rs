@@ -100,6 +100,14 @@ macro_rules! define {
                 }
             }
 
+            /// No NaN or infinity (integers and bools always are finite). Checked in the
+            /// element type, without converting: an f64 beyond f32's range is finite.
+            pub fn all_finite(&self) -> bool {
+                match self {
+                    $(TensorData::$v(v) => v.iter().all(|&x| Element::finite(x)),)*
+                }
+            }
+
             /// Raw little-endian bytes of the data.
             pub fn to_le_bytes(&self) -> Vec<u8> {
                 match self {
@@ -132,6 +140,7 @@ dtypes!(define);
 /// What every element type can do: convert to f32 and to/from little-endian bytes.
 pub trait Element: Copy {
     fn to_f32(self) -> f32;
+    fn finite(self) -> bool;
     fn le_bytes(self) -> Vec<u8>;
     fn from_le(bytes: &[u8]) -> Option<Self>;
 }
@@ -141,6 +150,9 @@ macro_rules! numeric_element {
         impl Element for $t {
             fn to_f32(self) -> f32 {
                 self as f32
+            }
+            fn finite(self) -> bool {
+                (self as f64).is_finite()
             }
             fn le_bytes(self) -> Vec<u8> {
                 self.to_le_bytes().to_vec()
@@ -157,6 +169,9 @@ impl Element for half::f16 {
     fn to_f32(self) -> f32 {
         half::f16::to_f32(self)
     }
+    fn finite(self) -> bool {
+        self.is_finite()
+    }
     fn le_bytes(self) -> Vec<u8> {
         self.to_le_bytes().to_vec()
     }
@@ -172,6 +187,9 @@ impl Element for bool {
         } else {
             0.0
         }
+    }
+    fn finite(self) -> bool {
+        true
     }
     fn le_bytes(self) -> Vec<u8> {
         vec![self as u8]
