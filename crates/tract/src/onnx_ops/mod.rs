@@ -25,7 +25,9 @@
 //!   constants; other cases (float output, `(M, N)` or `(M, 1)` bias, `alpha <= 0`, non-constant
 //!   parameters) use an exact integer-valued f32 matmul followed by ORT's requantisation formula.
 //!
-//! No tract op is overridden: tract 0.23.9's per-axis `DequantizeLinear`/`QuantizeLinear` apply
+//! One tract op is overridden: `QuantizeLinear` (see `quantize`: tract multiplies by the
+//! reciprocal of the scale where ONNX Runtime divides, which misses ties), falling back to
+//! tract's for what it does not cover. tract 0.23.9's per-axis `DequantizeLinear` applies
 //! each channel's own scale and zero point (upstream issue #2849 does not affect it; see
 //! `tests/onnx_ops.rs`).
 
@@ -40,17 +42,19 @@ mod concat;
 mod elementwise;
 mod gemm;
 mod pool;
+mod quantize;
 mod softmax;
 
 /// Registers beltbox's implementations of ONNX Runtime contrib ops (and fixes) on a tract ONNX framework.
 ///
 /// Adds `QLinearAdd`, `QLinearMul`, `QLinearSigmoid`, `QLinearLeakyRelu`,
-/// `QLinearGlobalAveragePool`, `QLinearAveragePool`, `QLinearConcat`, `QLinearSoftmax` and `QGemm`. There are no
-/// fixes to register for tract 0.23.9 (its per-axis DequantizeLinear/QuantizeLinear are correct).
+/// `QLinearGlobalAveragePool`, `QLinearAveragePool`, `QLinearConcat`, `QLinearSoftmax` and `QGemm`,
+/// and replaces `QuantizeLinear` with an exact division (`quantize`).
 /// Registration is by op type only (tract's registry ignores the node's domain), so this
 /// replaces any previous builder registered under the same names. Call it once, before
 /// `model_for_path`/`model_for_read`.
 pub fn register(onnx: &mut tract_onnx::Onnx) {
+    quantize::register(onnx);
     let reg = &mut onnx.op_register;
     reg.insert("QLinearAdd", elementwise::qlinear_add);
     reg.insert("QLinearMul", elementwise::qlinear_mul);
@@ -306,6 +310,23 @@ fn wire_quantize(
     dt: DatumType,
     rounding: Rounding,
 ) -> TractResult<OutletId> {
+    // Constant per-tensor parameters: one exact division (a wired `div()` becomes a
+    // multiplication by the reciprocal when tract optimises, see `quantize`).
+    if rounding == Rounding::ThenAddZeroPoint
+        && model.outlet_fact(x)?.datum_type == f32::datum_type()
+    {
+        let konst = |o: OutletId| model.outlet_fact(o).map(|f| f.konst.clone());
+        let zp = match q.zero_point {
+            Some(z) => konst(z)?.map(Some),
+            None => Some(None),
+        };
+        if let (Some(scale), Some(zp)) = (konst(q.scale)?, zp) {
+            if scale.len() == 1 && scale.datum_type() == f32::datum_type() {
+                let op = quantize::QuantizeDiv::new(&scale, zp.as_deref(), dt, 0)?;
+                return Ok(model.wire_node(prefix, op, &[x])?[0]);
+            }
+        }
+    }
     let x =
         wire_with_rank_broadcast(format!("{prefix}.div_scale"), model, div(), &[x, q.scale])?[0];
     wire_round_and_saturate(model, prefix, x, q.zero_point, dt, rounding)
