@@ -1,6 +1,7 @@
-//! Several named inputs and non-float dtypes end to end: an ONNX graph written here (two
-//! inputs, an int64 input, int64 and bool outputs), packaged with references computed in
-//! the test, loaded and run by `beltbox infer`, and served over HTTP.
+//! Several named inputs, non-float dtypes and dynamic dimensions end to end: ONNX graphs
+//! written here (two inputs, an int64 input, int64 and bool outputs; three QLinearConvs on
+//! an input of symbolic height and width), packaged with references computed in the test
+//! and loaded and run through the product path.
 
 mod common;
 
@@ -342,4 +343,533 @@ fn a_golden_sample_with_one_file_for_two_inputs_is_refused() {
         "{}",
         stderr(&o)
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Dynamic dimensions: a graph with symbolic height and width, run at every shape a
+// declared range allows.
+
+const UINT8: i32 = 2;
+const INT8: i32 = 3;
+const INT32: i32 = 6;
+
+/// A dimension of a graph input or output: a number or a named (symbolic) one.
+enum Dim {
+    Val(i64),
+    Sym(&'static str),
+}
+
+fn info_dims(name: &str, elem_type: i32, dims: &[Dim]) -> ValueInfoProto {
+    let mut v = info(name, elem_type, &[]);
+    if let Some(type_proto::Value::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        t.shape = Some(TensorShapeProto {
+            dim: dims
+                .iter()
+                .map(|d| tensor_shape_proto::Dimension {
+                    value: Some(match d {
+                        Dim::Val(v) => tensor_shape_proto::dimension::Value::DimValue(*v),
+                        Dim::Sym(s) => {
+                            tensor_shape_proto::dimension::Value::DimParam(s.to_string())
+                        }
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        });
+    }
+    v
+}
+
+/// One QLinearConv of the test graph, and its arithmetic (ONNX's QLinearConv as ONNX
+/// Runtime computes it: exact i32 sums, `x_scale * w_scale / y_scale` in f32, round half
+/// to even, add the zero point, saturate).
+struct Conv {
+    name: &'static str,
+    m: usize,
+    group: usize,
+    k: usize,
+    stride: usize,
+    /// `None`: auto_pad SAME_UPPER; else explicit pads on every side.
+    pad: Option<usize>,
+    w: Vec<i8>,
+    w_scale: Vec<f32>,
+    bias: Vec<i32>,
+}
+
+const C_IN: usize = 2;
+const X_SCALE: f32 = 0.02;
+const X_ZP: u8 = 128;
+const Y_SCALE: f32 = 0.05;
+const Y_ZP: u8 = 100;
+
+fn convs() -> Vec<Conv> {
+    let mut rng = fastrand::Rng::with_seed(20261130);
+    let mut conv = |name, m: usize, group: usize, k: usize, stride, pad| {
+        let taps = C_IN / group * k * k;
+        Conv {
+            name,
+            m,
+            group,
+            k,
+            stride,
+            pad,
+            w: (0..m * taps).map(|_| rng.i8(-127..=127)).collect(),
+            w_scale: (0..m).map(|_| 0.002 + rng.f32() * 0.01).collect(),
+            bias: (0..m).map(|_| rng.i32(-2000..=2000)).collect(),
+        }
+    };
+    vec![
+        // im2col GEMM; SAME pads depend on the parity of each request's size.
+        conv("same", 4, 1, 3, 2, None),
+        // depthwise, explicit pads
+        conv("depthwise", C_IN, C_IN, 3, 1, Some(1)),
+        // pointwise GEMM (the input is the matrix)
+        conv("pointwise", 3, 1, 1, 1, Some(0)),
+    ]
+}
+
+impl Conv {
+    /// Output size and (top/left) padding for an input of `n` along one axis.
+    fn axis(&self, n: usize) -> (usize, usize) {
+        match self.pad {
+            None => {
+                let out = n.div_ceil(self.stride);
+                let need = ((out - 1) * self.stride + self.k).saturating_sub(n);
+                (out, need / 2)
+            }
+            Some(p) => ((n + 2 * p - self.k) / self.stride + 1, p),
+        }
+    }
+
+    fn reference(&self, x: &[u8], h: usize, w: usize) -> (Vec<usize>, Vec<u8>) {
+        let ((oh, top), (ow, left)) = (self.axis(h), self.axis(w));
+        let (cg, mg) = (C_IN / self.group, self.m / self.group);
+        let mut y = Vec::with_capacity(self.m * oh * ow);
+        for oc in 0..self.m {
+            let scale = X_SCALE * self.w_scale[oc] / Y_SCALE;
+            let g = oc / mg;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = self.bias[oc];
+                    for ic in 0..cg {
+                        for ky in 0..self.k {
+                            for kx in 0..self.k {
+                                let iy = (oy * self.stride + ky) as isize - top as isize;
+                                let ix = (ox * self.stride + kx) as isize - left as isize;
+                                if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
+                                    continue;
+                                }
+                                let c = g * cg + ic;
+                                let xv = x[(c * h + iy as usize) * w + ix as usize] as i32;
+                                let wv = self.w[((oc * cg + ic) * self.k + ky) * self.k + kx];
+                                acc += (xv - X_ZP as i32) * wv as i32;
+                            }
+                        }
+                    }
+                    let v = (acc as f32 * scale).round_ties_even() + Y_ZP as f32;
+                    y.push(v.clamp(0.0, 255.0) as u8);
+                }
+            }
+        }
+        (vec![1, self.m, oh, ow], y)
+    }
+
+    fn nodes(&self, graph: &mut GraphProto) {
+        let n = self.name;
+        let k = self.k as i64;
+        let tensor = |name: String, data_type: i32, dims: Vec<i64>| tract_onnx::pb::TensorProto {
+            name,
+            data_type,
+            dims,
+            ..Default::default()
+        };
+        let mut w = tensor(
+            format!("{n}.w"),
+            INT8,
+            vec![self.m as i64, (C_IN / self.group) as i64, k, k],
+        );
+        w.raw_data = self.w.iter().map(|&v| v as u8).collect();
+        let mut ws = tensor(format!("{n}.ws"), FLOAT, vec![self.m as i64]);
+        ws.float_data = self.w_scale.clone();
+        let mut wzp = tensor(format!("{n}.wzp"), INT8, vec![self.m as i64]);
+        wzp.raw_data = vec![0; self.m];
+        let mut b = tensor(format!("{n}.b"), INT32, vec![self.m as i64]);
+        b.int32_data = self.bias.clone();
+        graph.initializer.extend([w, ws, wzp, b]);
+        let inputs = [
+            "x".to_string(),
+            "xs".into(),
+            "xzp".into(),
+            format!("{n}.w"),
+            format!("{n}.ws"),
+            format!("{n}.wzp"),
+            "ys".into(),
+            "yzp".into(),
+            format!("{n}.b"),
+        ];
+        let ints = |name: &str, v: Vec<i64>| AttributeProto {
+            name: name.into(),
+            r#type: 7, // INTS
+            ints: v,
+            ..Default::default()
+        };
+        let mut attribute = vec![
+            ints("kernel_shape", vec![k, k]),
+            ints("strides", vec![self.stride as i64; 2]),
+            AttributeProto {
+                name: "group".into(),
+                r#type: 2,
+                i: self.group as i64,
+                ..Default::default()
+            },
+        ];
+        attribute.push(match self.pad {
+            None => AttributeProto {
+                name: "auto_pad".into(),
+                r#type: 3, // STRING
+                s: b"SAME_UPPER".to_vec(),
+                ..Default::default()
+            },
+            Some(p) => ints("pads", vec![p as i64; 4]),
+        });
+        graph.node.push(NodeProto {
+            op_type: "QLinearConv".into(),
+            name: n.into(),
+            input: inputs.to_vec(),
+            output: vec![n.into()],
+            attribute,
+            ..Default::default()
+        });
+        graph.output.push(info_dims(
+            n,
+            UINT8,
+            &[
+                Dim::Val(1),
+                Dim::Val(self.m as i64),
+                Dim::Sym("oh"),
+                Dim::Sym("ow"),
+            ],
+        ));
+    }
+}
+
+/// x: uint8 [1, 2, height, width] with symbolic height and width; three QLinearConvs
+/// (SAME-padded strided, depthwise, pointwise) read it, one output each.
+fn dynamic_model(convs: &[Conv]) -> Vec<u8> {
+    let scalar = |name: &str, data_type: i32| tract_onnx::pb::TensorProto {
+        name: name.into(),
+        data_type,
+        ..Default::default()
+    };
+    let mut xs = scalar("xs", FLOAT);
+    xs.float_data = vec![X_SCALE];
+    let mut xzp = scalar("xzp", UINT8);
+    xzp.raw_data = vec![X_ZP];
+    let mut ys = scalar("ys", FLOAT);
+    ys.float_data = vec![Y_SCALE];
+    let mut yzp = scalar("yzp", UINT8);
+    yzp.raw_data = vec![Y_ZP];
+    let mut graph = GraphProto {
+        name: "dynamic".into(),
+        initializer: vec![xs, xzp, ys, yzp],
+        input: vec![info_dims(
+            "x",
+            UINT8,
+            &[
+                Dim::Val(1),
+                Dim::Val(C_IN as i64),
+                Dim::Sym("height"),
+                Dim::Sym("width"),
+            ],
+        )],
+        ..Default::default()
+    };
+    for c in convs {
+        c.nodes(&mut graph);
+    }
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn random_input(rng: &mut fastrand::Rng, h: usize, w: usize) -> Vec<u8> {
+    (0..C_IN * h * w).map(|_| rng.u8(..)).collect()
+}
+
+/// A package of `dynamic_model` at `shape` (height, width), with `range` lines (or none)
+/// added to its input; goldens from `Conv::reference`.
+fn dynamic_package(dir: &Path, shape: (usize, usize), range: &str) {
+    let convs = convs();
+    let mut files = Vec::new();
+    write(dir, "model.onnx", &dynamic_model(&convs), &mut files);
+    let mut rng = fastrand::Rng::with_seed(7);
+    let (h, w) = shape;
+    let mut samples = String::new();
+    for i in 0..2 {
+        let x = random_input(&mut rng, h, w);
+        let t =
+            |shape: Vec<usize>, d: Vec<u8>| npy::to_bytes(&Tensor::new(shape, TensorData::U8(d)));
+        write(
+            dir,
+            &format!("golden/{i}.x.npy"),
+            &t(vec![1, C_IN, h, w], x.clone()),
+            &mut files,
+        );
+        let mut outs = Vec::new();
+        for c in &convs {
+            let (shape, y) = c.reference(&x, h, w);
+            let f = format!("golden/{i}.{}.npy", c.name);
+            write(dir, &f, &t(shape, y), &mut files);
+            outs.push(format!("\"{f}\""));
+        }
+        samples.push_str(&format!(
+            "[[golden.samples]]\ninputs = [\"golden/{i}.x.npy\"]\noutputs = [{}]\n\n",
+            outs.join(", ")
+        ));
+    }
+    let outputs: String = convs
+        .iter()
+        .map(|c| {
+            let (oh, ow) = (c.axis(h).0, c.axis(w).0);
+            format!(
+                "[[outputs]]\nname = \"{}\"\nshape = [1, {}, {oh}, {ow}]\ndtype = \"uint8\"\n\
+                 task = \"raw\"\nquantization = {{ scale = {Y_SCALE}, zero_point = {Y_ZP} }}\n\n",
+                c.name, c.m
+            )
+        })
+        .collect();
+    let hashes: String = files
+        .iter()
+        .map(|(f, h)| format!("\"{f}\" = \"{h}\"\n"))
+        .collect();
+    let manifest = format!(
+        r#"name = "dynamic"
+version = "1.0.0"
+description = "three QLinearConvs on an input of symbolic height and width"
+
+[model]
+file = "model.onnx"
+format = "onnx"
+precision = "int8-qoperator"
+
+[[inputs]]
+name = "x"
+shape = [1, {C_IN}, {h}, {w}]
+{range}
+dtype = "uint8"
+quantization = {{ scale = {X_SCALE}, zero_point = {X_ZP} }}
+
+{outputs}[budgets]
+ram_mib = 64
+p95_ms = 50
+
+[golden]
+atol = 0.0
+
+{samples}[files]
+{hashes}"#
+    );
+    std::fs::write(dir.join("manifest.toml"), manifest).unwrap();
+}
+
+const RANGE: &str = "min_shape = [1, 2, 1, 1]\nmax_shape = [1, 2, 33, 40]";
+
+#[test]
+fn dynamic_dims_run_exactly_at_every_shape_in_the_range() {
+    use beltbox_core::model::{LoadOptions, Model};
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("pkg");
+    dynamic_package(&pkg, (8, 8), RANGE);
+    let opts = LoadOptions {
+        threads: 1,
+        tflite_library: None,
+    };
+    let model = Model::load(&pkg, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let convs = convs();
+    let mut rng = fastrand::Rng::with_seed(11);
+    // Both ends of the range, odd and even sizes (SAME pads change with parity), tall,
+    // wide, and back to the manifest's shape (the states are reused between sizes).
+    for (h, w) in [
+        (1, 1),
+        (33, 40),
+        (7, 13),
+        (8, 8),
+        (2, 39),
+        (33, 1),
+        (16, 5),
+        (8, 8),
+    ] {
+        let x = random_input(&mut rng, h, w);
+        let mut t = Tensor::new(vec![1, C_IN, h, w], TensorData::U8(x.clone()));
+        t.quant = model.manifest().inputs[0].quantization;
+        let outs = model
+            .run_tensors(&[t])
+            .unwrap_or_else(|e| panic!("{h}x{w}: {e}"));
+        for (c, out) in convs.iter().zip(&outs) {
+            let (shape, y) = c.reference(&x, h, w);
+            assert_eq!(out.shape, shape, "{h}x{w} {}", c.name);
+            assert_eq!(out.data, TensorData::U8(y), "{h}x{w} {}", c.name);
+        }
+    }
+}
+
+#[test]
+fn a_dynamic_model_is_planned_at_its_largest_shape() {
+    use beltbox_core::model::{LoadOptions, Model};
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = LoadOptions {
+        threads: 1,
+        tflite_library: None,
+    };
+    let dynamic = tmp.path().join("dynamic");
+    dynamic_package(&dynamic, (8, 8), RANGE);
+    let largest = tmp.path().join("largest");
+    dynamic_package(&largest, (33, 40), "");
+    let smallest = tmp.path().join("smallest");
+    dynamic_package(&smallest, (8, 8), "");
+    let plan = |p: &Path| Model::load(p, &opts).unwrap_or_else(|e| panic!("{e}")).plan;
+    let (d, l, s) = (plan(&dynamic), plan(&largest), plan(&smallest));
+    // Activations, scratch and the request's input: what a static model at the maximum
+    // needs, not what the manifest's `shape` needs.
+    assert!(d.activation_bytes >= l.activation_bytes, "{d:?}\n{l:?}");
+    assert!(d.activation_bytes > s.activation_bytes, "{d:?}\n{s:?}");
+    assert!(
+        d.per_request_bytes() >= l.per_request_bytes(),
+        "{d:?}\n{l:?}"
+    );
+}
+
+#[test]
+fn a_request_outside_the_declared_range_is_refused_naming_the_range() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("pkg");
+    dynamic_package(&pkg, (8, 8), RANGE);
+    let p = pkg.to_str().unwrap();
+    for (name, shape) in [
+        ("too-tall", vec![1, C_IN, 34, 8]),
+        ("too-wide", vec![1, C_IN, 8, 41]),
+        ("wrong-channels", vec![1, 3, 8, 8]),
+        ("wrong-rank", vec![C_IN, 8, 8]),
+    ] {
+        let f = tmp.path().join(format!("{name}.npy"));
+        let n = shape.iter().product();
+        std::fs::write(
+            &f,
+            npy::to_bytes(&Tensor::new(shape, TensorData::U8(vec![0; n]))),
+        )
+        .unwrap();
+        let o = beltbox(&["infer", "--model", p, "--input", f.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{name}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("[1, 2, 1..=33, 1..=40]"),
+            "{name}: {}",
+            stderr(&o)
+        );
+    }
+    // Within the range, on the CLI: the output has the request's size.
+    let f = tmp.path().join("ok.npy");
+    std::fs::write(
+        &f,
+        npy::to_bytes(&Tensor::new(
+            vec![1, C_IN, 5, 31],
+            TensorData::U8(vec![9; 310]),
+        )),
+    )
+    .unwrap();
+    let o = beltbox(&[
+        "infer",
+        "--model",
+        p,
+        "--input",
+        f.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        json(&o)["outputs"][0]["shape"],
+        serde_json::json!([1, 4, 3, 16])
+    );
+}
+
+#[test]
+fn a_range_the_graph_cannot_take_is_refused_at_load() {
+    // Reshape to a constant [5], as converters that fixed the input shape write: only a
+    // width of 5 fits, so a range 2..=9 cannot type and the load says why.
+    let mut shape = tract_onnx::pb::TensorProto {
+        name: "five".into(),
+        data_type: INT64,
+        dims: vec![1],
+        ..Default::default()
+    };
+    shape.int64_data = vec![5];
+    let graph = GraphProto {
+        name: "fixed-reshape".into(),
+        node: vec![node("Reshape", &["x", "five"], "y", &[])],
+        initializer: vec![shape],
+        input: vec![info_dims("x", FLOAT, &[Dim::Val(1), Dim::Sym("n")])],
+        output: vec![info("y", FLOAT, &[5])],
+        ..Default::default()
+    };
+    let model = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("pkg");
+    let mut files = Vec::new();
+    write(&pkg, "model.onnx", &model, &mut files);
+    let x = npy::to_bytes(&Tensor::new(vec![1, 5], TensorData::F32(vec![1.0; 5])));
+    write(&pkg, "golden/0.x.npy", &x, &mut files);
+    let y = npy::to_bytes(&Tensor::new(vec![5], TensorData::F32(vec![1.0; 5])));
+    write(&pkg, "golden/0.y.npy", &y, &mut files);
+    let hashes: String = files
+        .iter()
+        .map(|(f, h)| format!("\"{f}\" = \"{h}\"\n"))
+        .collect();
+    let manifest = |range: &str| {
+        format!(
+            "name = \"fixed-reshape\"\nversion = \"1.0.0\"\ndescription = \"d\"\n\n\
+             [model]\nfile = \"model.onnx\"\nformat = \"onnx\"\nprecision = \"fp32\"\n\n\
+             [[inputs]]\nname = \"x\"\nshape = [1, 5]\n{range}dtype = \"float32\"\n\n\
+             [[outputs]]\nname = \"y\"\nshape = [5]\ndtype = \"float32\"\ntask = \"raw\"\n\n\
+             [budgets]\nram_mib = 64\np95_ms = 50\n\n[golden]\natol = 0.0\n\n\
+             [[golden.samples]]\ninputs = [\"golden/0.x.npy\"]\noutputs = [\"golden/0.y.npy\"]\n\n\
+             [files]\n{hashes}"
+        )
+    };
+    let x = pkg.join("golden/0.x.npy");
+    let run = || {
+        beltbox(&[
+            "infer",
+            "--model",
+            pkg.to_str().unwrap(),
+            "--input",
+            x.to_str().unwrap(),
+        ])
+    };
+    std::fs::write(pkg.join("manifest.toml"), manifest("")).unwrap();
+    let o = run();
+    assert!(o.status.success(), "static: {}", stderr(&o));
+    std::fs::write(
+        pkg.join("manifest.toml"),
+        manifest("min_shape = [1, 2]\nmax_shape = [1, 9]\n"),
+    )
+    .unwrap();
+    let o = run();
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("min_shape/max_shape"), "{}", stderr(&o));
 }

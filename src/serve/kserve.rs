@@ -622,9 +622,10 @@ impl<'de> Visitor<'de> for Flatten<'_> {
 /// The forms of input a model accepts, for error messages and metadata.
 pub fn accepted_forms(spec: &InputSpec) -> String {
     let dt = Datatype::of(spec.dtype);
-    let mut forms = vec![format!("{dt} {:?} (the model tensor)", spec.shape)];
+    let shape = spec.shape_range();
+    let mut forms = vec![format!("{dt} {shape} (the model tensor)")];
     if spec.dtype.is_quantized() {
-        forms.push(format!("FP32 {:?} (quantised by the server)", spec.shape));
+        forms.push(format!("FP32 {shape} (quantised by the server)"));
     }
     // Images only where the manifest says how to turn one into the tensor; a tensor-only
     // input refuses them (naming the input), so it must not advertise them either.
@@ -692,6 +693,17 @@ pub fn order_inputs(inputs: Vec<InputTensor>, m: &Manifest) -> Result<Vec<InputT
     slots.into_iter().map(|s| s.ok_or_else(wrong)).collect()
 }
 
+/// An input's shape as KServe v2 metadata writes it: a variable dimension is -1 (its range
+/// goes in the input's parameters).
+fn metadata_shape(i: &InputSpec) -> Vec<i64> {
+    (0..i.shape.len())
+        .map(|a| match i.min()[a] == i.max()[a] {
+            true => i64::try_from(i.shape[a]).unwrap_or(i64::MAX),
+            false => -1,
+        })
+        .collect()
+}
+
 /// Model metadata (`GET /v2/models/{name}[/versions/{v}]`).
 pub fn model_metadata(m: &Manifest, platform: &str) -> Value {
     let outputs: Vec<Value> = m
@@ -703,11 +715,17 @@ pub fn model_metadata(m: &Manifest, platform: &str) -> Value {
         .inputs
         .iter()
         .map(|i| {
+            let shape = metadata_shape(i);
+            let mut params = json!({ "accepted": accepted_forms(i) });
+            if i.is_dynamic() {
+                params["min_shape"] = json!(i.min());
+                params["max_shape"] = json!(i.max());
+            }
             json!({
                 "name": i.name,
                 "datatype": Datatype::of(i.dtype).name(),
-                "shape": i.shape,
-                "parameters": { "accepted": accepted_forms(i) }
+                "shape": shape,
+                "parameters": params
             })
         })
         .collect();
@@ -872,12 +890,26 @@ mod tests {
     fn input_spec(preprocess: Option<beltbox_core::manifest::Preprocess>) -> InputSpec {
         InputSpec {
             name: "x".into(),
+            min_shape: None,
+            max_shape: None,
+            shape_step: None,
             shape: vec![1, 3, 8, 8],
             dtype: DType::Float32,
             layout: Default::default(),
             preprocess,
             quantization: None,
         }
+    }
+
+    #[test]
+    fn a_dynamic_input_is_minus_one_in_metadata_and_its_range_in_the_forms() {
+        let mut spec = input_spec(None);
+        assert_eq!(metadata_shape(&spec), vec![1, 3, 8, 8]);
+        spec.min_shape = Some(vec![1, 3, 4, 8]);
+        spec.max_shape = Some(vec![1, 3, 16, 8]);
+        assert_eq!(metadata_shape(&spec), vec![1, 3, -1, 8]);
+        let forms = accepted_forms(&spec);
+        assert!(forms.contains("FP32 [1, 3, 4..=16, 8]"), "{forms}");
     }
 
     /// Metadata offers images only to inputs with `preprocess` (a tensor-only input

@@ -113,10 +113,27 @@ pub fn detect(
     labels: &[String],
     image: Option<(usize, usize)>,
 ) -> Result<Vec<Detection>, DetectError> {
+    detect_in(m, outputs, labels, image, &[])
+}
+
+/// [`detect`] for a request whose input tensors were `inputs` (manifest order): a tensor
+/// input with a declared range is measured on the request's own tensor, not on `shape`.
+pub fn detect_in(
+    m: &Manifest,
+    outputs: &[Tensor],
+    labels: &[String],
+    image: Option<(usize, usize)>,
+    inputs: &[Tensor],
+) -> Result<Vec<Detection>, DetectError> {
     let Some(spec) = &m.detection else {
         return Ok(Vec::new());
     };
-    let geo = Geometry::new(geometry_input(m), image)?;
+    let input = geometry_input(m);
+    let shape = input
+        .and_then(|i| m.inputs.iter().position(|s| s.name == i.name))
+        .and_then(|at| inputs.get(at))
+        .map(|t| t.shape.as_slice());
+    let geo = Geometry::new(input, shape, image)?;
     let candidates = decode(m, spec, outputs, &geo)?;
     let kept = nms(candidates, spec);
     Ok(kept
@@ -165,8 +182,10 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// `shape`: the request's tensor for `input`, when known (else the manifest's shape).
     fn new(
         input: Option<&InputSpec>,
+        shape: Option<&[usize]>,
         image: Option<(usize, usize)>,
     ) -> Result<Geometry, DetectError> {
         let bad = || DetectError::InputGeometry {
@@ -175,7 +194,8 @@ impl Geometry {
         let Some(input) = input else {
             return Err(bad());
         };
-        let (tensor_w, tensor_h) = match (&input.preprocess, input.layout, input.shape.as_slice()) {
+        let shape = shape.unwrap_or(&input.shape);
+        let (tensor_w, tensor_h) = match (&input.preprocess, input.layout, shape) {
             (Some(pre), _, _) => (pre.resize[1], pre.resize[0]),
             (None, Layout::Nchw, [_, _, h, w]) | (None, Layout::Nhwc, [_, h, w, _]) => (*w, *h),
             _ => return Err(bad()),
@@ -956,6 +976,28 @@ mod tests {
     }
 
     #[test]
+    fn normalized_boxes_of_a_dynamic_input_scale_to_the_request_tensor() {
+        // Manifest shape 50x100, range up to 80x200: a request of 80x200 scales the
+        // fractions by its own size, not by `shape`'s.
+        let input = "[[inputs]]\nname = \"x\"\nshape = [1, 3, 50, 100]\n\
+                     min_shape = [1, 3, 10, 10]\nmax_shape = [1, 3, 80, 200]\ndtype = \"float32\"\n";
+        let m = manifest(
+            input,
+            &["boxes", "scores"],
+            "head = \"boxes-scores\"\nclasses = 1\nbox_format = \"xyxy\"\nnormalized = true",
+        );
+        let boxes = f32s(&[1, 1, 4], &[0.1, 0.25, 0.5, 0.75]);
+        let scores = f32s(&[1, 1, 1], &[0.9]);
+        let request = f32s(&[1, 3, 80, 200], &[0.0; 3 * 80 * 200]);
+        let outputs = [boxes, scores];
+        let d = detect_in(&m, &outputs, &[], None, std::slice::from_ref(&request));
+        assert_dets(&d.unwrap(), &[(0, 0.9, [20.0, 20.0, 100.0, 60.0])]);
+        // Without the request's tensor: the manifest's shape.
+        let d = detect(&m, &outputs, &[], None);
+        assert_dets(&d.unwrap(), &[(0, 0.9, [10.0, 12.5, 50.0, 37.5])]);
+    }
+
+    #[test]
     fn boxes_scores_normalized_yxyx_keeps_every_class_that_passes() {
         // Box 0 passes for classes 0, 1 and 2: each pair is its own candidate.
         assert_dets(
@@ -1328,6 +1370,9 @@ mod tests {
         // A white 5x3 image letterboxed into 8x8 (pad 0): 8 x round(4.8) = 5 rows at top 1.
         let input = InputSpec {
             name: "x".into(),
+            min_shape: None,
+            max_shape: None,
+            shape_step: None,
             shape: vec![1, 1, 8, 8],
             dtype: crate::tensor::DType::Float32,
             layout: Layout::Nchw,

@@ -173,8 +173,20 @@ impl Color {
 #[serde(deny_unknown_fields)]
 pub struct InputSpec {
     pub name: String,
-    /// The concrete shape the model runs at (a graph's dynamic dimensions are fixed here).
+    /// The concrete shape the model runs at (a graph's dynamic dimensions are fixed here):
+    /// images are resized to it and golden samples are checked at it.
     pub shape: Vec<usize>,
+    /// With `max_shape`: the range a dynamic dimension may take in a request (ONNX only,
+    /// tensor inputs only; TensorRT's min/opt/max profile, `shape` being opt). The RAM plan
+    /// is made at `max_shape`. Absent: the dimension is fixed at `shape`.
+    #[serde(default)]
+    pub min_shape: Option<Vec<usize>>,
+    #[serde(default)]
+    pub max_shape: Option<Vec<usize>>,
+    /// Per axis, what a dynamic dimension must be a multiple of (a YOLO's height and
+    /// width: 32, its coarsest stride). Default 1.
+    #[serde(default)]
+    pub shape_step: Option<Vec<usize>>,
     pub dtype: DType,
     /// Only meaningful with `preprocess` (where the image's channels go); default `nchw`.
     #[serde(default)]
@@ -186,19 +198,72 @@ pub struct InputSpec {
 
 impl InputSpec {
     /// (height, width, channels) of an image input, from shape and layout. A tensor input
-    /// (no `preprocess`, any rank) reads as one row of all its elements.
+    /// (no `preprocess`, any rank) reads as one row of all its elements at its largest
+    /// shape (what the RAM plan must hold).
     pub fn hwc(&self) -> (usize, usize, usize) {
         let s = &self.shape;
         match (self.layout, s.len(), &self.preprocess) {
             (Layout::Nchw, 4, Some(_)) => (s[2], s[3], s[1]),
             (Layout::Nhwc, 4, Some(_)) => (s[1], s[2], s[3]),
-            _ => (1, s.iter().product(), 1),
+            _ => (1, self.max_volume(), 1),
         }
     }
 
-    /// Number of elements of the input tensor.
-    pub fn volume(&self) -> usize {
-        self.shape.iter().product()
+    /// The smallest shape a request may have (`shape` unless a range is declared).
+    pub fn min(&self) -> &[usize] {
+        self.min_shape.as_deref().unwrap_or(&self.shape)
+    }
+
+    /// The largest shape a request may have: what the RAM plan is made for.
+    pub fn max(&self) -> &[usize] {
+        self.max_shape.as_deref().unwrap_or(&self.shape)
+    }
+
+    /// Elements at the largest shape.
+    pub fn max_volume(&self) -> usize {
+        self.max().iter().product()
+    }
+
+    /// Does any dimension take a range?
+    pub fn is_dynamic(&self) -> bool {
+        self.min() != self.max()
+    }
+
+    /// Axes whose size a request chooses (within `min..=max`).
+    pub fn dynamic_axes(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.shape.len()).filter(|&a| self.min()[a] != self.max()[a])
+    }
+
+    /// What `axis` must be a multiple of (1 unless `shape_step` says otherwise).
+    pub fn step(&self, axis: usize) -> usize {
+        self.shape_step
+            .as_ref()
+            .and_then(|s| s.get(axis).copied())
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    /// Is `shape` one this input accepts: same rank, every dimension within its range
+    /// and a multiple of its step?
+    pub fn accepts(&self, shape: &[usize]) -> bool {
+        shape.len() == self.shape.len()
+            && shape
+                .iter()
+                .enumerate()
+                .all(|(a, &d)| self.min()[a] <= d && d <= self.max()[a] && d % self.step(a) == 0)
+    }
+
+    /// The accepted shapes for messages: `[1, 3, 320, 320]`, or
+    /// `[1, 3, 160..=640 (step 32), 320]`.
+    pub fn shape_range(&self) -> String {
+        let dims: Vec<String> = (0..self.shape.len())
+            .map(|a| match (self.min()[a], self.max()[a], self.step(a)) {
+                (lo, hi, _) if lo == hi => lo.to_string(),
+                (lo, hi, 1) => format!("{lo}..={hi}"),
+                (lo, hi, step) => format!("{lo}..={hi} (step {step})"),
+            })
+            .collect();
+        format!("[{}]", dims.join(", "))
     }
 }
 
@@ -613,7 +678,28 @@ impl Manifest {
                     ),
                 ));
             }
+            check_range(&invalid, inp)?;
+            if inp.is_dynamic() && self.model.format == Format::Tflite {
+                return Err(invalid(
+                    "inputs.max_shape",
+                    format!(
+                        "`{}`: dynamic dimensions are supported for ONNX models; a TFLite \
+                         model runs at `shape`",
+                        inp.name
+                    ),
+                ));
+            }
             if let Some(pre) = &inp.preprocess {
+                if inp.is_dynamic() {
+                    return Err(invalid(
+                        "inputs.max_shape",
+                        format!(
+                            "`{}`: an image input is resized to `shape`, so it cannot take a \
+                             range; drop `preprocess` to feed tensors of varying shape",
+                            inp.name
+                        ),
+                    ));
+                }
                 if inp.shape.len() != 4 {
                     return Err(invalid(
                         "input.shape",
@@ -639,7 +725,7 @@ impl Manifest {
                 check_preprocess(&invalid, inp, pre)?;
             }
             check_quant(&invalid, "input.quantization", inp.dtype, inp.quantization)?;
-            total = total.saturating_add(inp.volume());
+            total = total.saturating_add(inp.max_volume());
         }
         if total > 1 << 30 {
             return Err(invalid(
@@ -893,6 +979,78 @@ fn check_detection(
     Ok(())
 }
 
+/// A declared range: both ends given, same rank as `shape`, `min <= shape <= max`, no
+/// zero, and the largest shape within the element limit.
+fn check_range(
+    invalid: &dyn Fn(&str, String) -> ManifestError,
+    inp: &InputSpec,
+) -> Result<(), ManifestError> {
+    let (lo, hi) = match (&inp.min_shape, &inp.max_shape) {
+        (None, None) if inp.shape_step.is_some() => {
+            return Err(invalid(
+                "inputs.shape_step",
+                format!(
+                    "`{}`: a step needs a range (`min_shape` and `max_shape`)",
+                    inp.name
+                ),
+            ))
+        }
+        (None, None) => return Ok(()),
+        (Some(lo), Some(hi)) => (lo, hi),
+        _ => {
+            return Err(invalid(
+                "inputs.min_shape",
+                format!(
+                    "`{}`: give both `min_shape` and `max_shape` (or neither)",
+                    inp.name
+                ),
+            ))
+        }
+    };
+    let rank = inp.shape.len();
+    let step_rank = inp.shape_step.as_ref().map_or(rank, Vec::len);
+    if lo.len() != rank || hi.len() != rank || step_rank != rank {
+        return Err(invalid(
+            "inputs.max_shape",
+            format!(
+                "`{}`: min_shape {lo:?}, max_shape {hi:?} and shape_step must have the rank \
+                 of shape {:?}",
+                inp.name, inp.shape
+            ),
+        ));
+    }
+    for a in 0..rank {
+        if lo[a] == 0 || lo[a] > inp.shape[a] || inp.shape[a] > hi[a] {
+            return Err(invalid(
+                "inputs.max_shape",
+                format!(
+                    "`{}` axis {a}: need 1 <= min_shape ({}) <= shape ({}) <= max_shape ({})",
+                    inp.name, lo[a], inp.shape[a], hi[a]
+                ),
+            ));
+        }
+        let step = inp.shape_step.as_ref().map_or(1, |s| s[a]);
+        if step == 0 || [lo[a], inp.shape[a], hi[a]].iter().any(|d| d % step != 0) {
+            return Err(invalid(
+                "inputs.shape_step",
+                format!(
+                    "`{}` axis {a}: min_shape ({}), shape ({}) and max_shape ({}) must be \
+                     multiples of the step ({step})",
+                    inp.name, lo[a], inp.shape[a], hi[a]
+                ),
+            ));
+        }
+    }
+    let volume = hi.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if volume.is_none_or(|v| v > 1 << 30) {
+        return Err(invalid(
+            "inputs.max_shape",
+            format!("`{}`: {hi:?} has more than 2^30 elements", inp.name),
+        ));
+    }
+    Ok(())
+}
+
 /// An image input's preprocessing against its tensor shape.
 fn check_preprocess(
     invalid: &dyn Fn(&str, String) -> ManifestError,
@@ -1067,6 +1225,106 @@ mod tests {
         let unlisted = REAL.replace("\"labels.txt\" = ", "\"other.txt\" = ");
         let err = Manifest::parse(&unlisted, Path::new("m.toml")).unwrap_err();
         assert!(err.to_string().contains("labels.txt"), "{err}");
+    }
+
+    /// An ONNX tensor-input manifest whose input block is `input`.
+    fn with_input(input: &str) -> String {
+        format!(
+            "name = \"r\"\nversion = \"1.0.0\"\ndescription = \"d\"\n\
+             [model]\nfile = \"m.onnx\"\nformat = \"onnx\"\nprecision = \"fp32\"\n\
+             [[inputs]]\nname = \"x\"\ndtype = \"float32\"\n{input}\n\
+             [[outputs]]\nname = \"y\"\nshape = [1, 4]\ndtype = \"float32\"\ntask = \"raw\"\n\
+             [budgets]\nram_mib = 64\np95_ms = 50.0\n[golden]\natol = 0.0\n\
+             [[golden.samples]]\ninputs = [\"x.npy\"]\noutputs = [\"y.npy\"]\n\
+             [files]\n\"m.onnx\" = \"{h}\"\n\"x.npy\" = \"{h}\"\n\"y.npy\" = \"{h}\"\n",
+            h = "0".repeat(64)
+        )
+    }
+
+    #[test]
+    fn a_range_accepts_shapes_within_it_and_its_steps() {
+        let m = Manifest::parse(
+            &with_input(
+                "shape = [1, 3, 64, 96]\nmin_shape = [1, 3, 32, 32]\n\
+                 max_shape = [4, 3, 640, 640]\nshape_step = [1, 1, 32, 32]",
+            ),
+            Path::new("m.toml"),
+        )
+        .unwrap();
+        let x = &m.inputs[0];
+        assert!(x.is_dynamic());
+        assert_eq!(x.dynamic_axes().collect::<Vec<_>>(), vec![0, 2, 3]);
+        assert_eq!(x.max(), &[4, 3, 640, 640]);
+        assert_eq!(
+            x.shape_range(),
+            "[1..=4, 3, 32..=640 (step 32), 32..=640 (step 32)]"
+        );
+        for ok in [[1, 3, 64, 96], [4, 3, 32, 640], [2, 3, 640, 32]] {
+            assert!(x.accepts(&ok), "{ok:?}");
+        }
+        for bad in [
+            &[1, 3, 64, 100][..], // not a multiple of 32
+            &[1, 3, 672, 64],     // over the maximum
+            &[5, 3, 64, 64],      // batch over the maximum
+            &[1, 1, 64, 64],      // a fixed axis changed
+            &[1, 3, 64],          // rank
+        ] {
+            assert!(!x.accepts(bad), "{bad:?}");
+        }
+        // The plan's element count is the largest shape's.
+        assert_eq!(x.max_volume(), 4 * 3 * 640 * 640);
+        assert_eq!(x.hwc(), (1, 4 * 3 * 640 * 640, 1));
+    }
+
+    #[test]
+    fn bad_ranges_are_refused_naming_the_field() {
+        for (input, needle) in [
+            ("shape = [1, 8]\nmin_shape = [1, 2]", "give both"),
+            ("shape = [1, 8]\nmax_shape = [1, 9]", "give both"),
+            (
+                "shape = [1, 8]\nshape_step = [1, 2]",
+                "a step needs a range",
+            ),
+            (
+                "shape = [1, 8]\nmin_shape = [1, 2, 3]\nmax_shape = [1, 9]",
+                "rank",
+            ),
+            (
+                "shape = [1, 8]\nmin_shape = [1, 9]\nmax_shape = [1, 16]",
+                "axis 1",
+            ),
+            (
+                "shape = [1, 8]\nmin_shape = [1, 2]\nmax_shape = [1, 4]",
+                "axis 1",
+            ),
+            (
+                "shape = [1, 8]\nmin_shape = [0, 2]\nmax_shape = [1, 9]",
+                "axis 0",
+            ),
+            (
+                "shape = [1, 8]\nmin_shape = [1, 4]\nmax_shape = [1, 12]\nshape_step = [1, 8]",
+                "multiples of the step",
+            ),
+            (
+                "shape = [1, 8]\nmin_shape = [1, 8]\nmax_shape = [1, 16]\nshape_step = [1, 0]",
+                "multiples of the step",
+            ),
+            (
+                "shape = [1, 8]\nmin_shape = [1, 8]\nmax_shape = [1, 4294967296]",
+                "2^30",
+            ),
+        ] {
+            let err = Manifest::parse(&with_input(input), Path::new("m.toml")).unwrap_err();
+            assert!(err.to_string().contains(needle), "{input}: {err}");
+        }
+        // A TFLite model runs at `shape`; an image input is resized to `shape`.
+        let tflite = REAL.replacen(
+            "shape = [1, 8, 8, 1]",
+            "shape = [1, 8, 8, 1]\nmin_shape = [1, 4, 4, 1]\nmax_shape = [1, 8, 8, 1]",
+            1,
+        );
+        let err = Manifest::parse(&tflite, Path::new("m.toml")).unwrap_err();
+        assert!(err.to_string().contains("TFLite"), "{err}");
     }
 
     proptest::proptest! {

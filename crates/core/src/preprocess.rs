@@ -23,9 +23,10 @@ pub enum PreprocessError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Npy(#[from] NpyError),
-    #[error("NPY input has shape {got:?} but the model input is {expected:?}")]
+    #[error("NPY input has shape {got:?} but the model input takes {expected}")]
     Shape {
-        expected: Vec<usize>,
+        /// The accepted shapes, as [`InputSpec::shape_range`] writes them.
+        expected: String,
         got: Vec<usize>,
     },
     #[error(
@@ -145,9 +146,10 @@ pub fn from_elements(
     data: Elements,
     spec: &InputSpec,
 ) -> Result<Prepared, ElementsError> {
-    let exact_shape = shape == spec.shape.as_slice();
+    // The model tensor itself: `shape`, or any shape within a declared range.
+    let exact_shape = spec.accepts(shape);
     let tensor = |data: TensorData| {
-        let mut t = Tensor::new(spec.shape.clone(), data);
+        let mut t = Tensor::new(shape.to_vec(), data);
         t.quant = spec.quantization;
         Prepared::tensor(t)
     };
@@ -248,9 +250,9 @@ fn from_raw(bytes: &[u8], spec: &InputSpec) -> Result<Tensor, PreprocessError> {
 }
 
 fn from_npy(t: Tensor, spec: &InputSpec) -> Result<Tensor, PreprocessError> {
-    if t.shape != spec.shape {
+    if !spec.accepts(&t.shape) {
         return Err(PreprocessError::Shape {
-            expected: spec.shape.clone(),
+            expected: spec.shape_range(),
             got: t.shape,
         });
     }
@@ -488,6 +490,9 @@ mod tests {
         let c = color.channels();
         InputSpec {
             name: "input".into(),
+            min_shape: None,
+            max_shape: None,
+            shape_step: None,
             shape: shape.clone(),
             dtype,
             layout,

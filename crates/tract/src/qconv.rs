@@ -205,13 +205,15 @@ impl IntegerConv {
             )));
         }
         let spatial = x.rank() - 2;
-        let Some(dims) = x.shape.as_concrete().map(|s| s.to_vec()).or_else(|| {
-            // Batch may be symbolic; channels and spatial dims must be known.
-            let s = x.shape.to_tvec();
-            let rest: Option<Vec<usize>> = s[1..].iter().map(|d| d.to_usize().ok()).collect();
-            rest.map(|r| [vec![0], r].concat())
-        }) else {
-            return Ok(Err(format!("input shape {:?} is not known", x.shape)));
+        // Channels must be known; batch, height and width may be symbols (a dynamic model:
+        // the geometry is then worked out per request from the input's shape).
+        let Ok(c_in) = x.shape[1].to_usize() else {
+            return Ok(Err(format!("input channels {} are not known", x.shape[1])));
+        };
+        let (h_dim, w_dim) = if spatial == 2 {
+            (x.shape[2].clone(), x.shape[3].clone())
+        } else {
+            (1.to_dim(), x.shape[2].clone())
         };
         let mut params = Vec::new();
         for i in 1..8 {
@@ -242,12 +244,6 @@ impl IntegerConv {
                 w.rank()
             )));
         }
-        let c_in = dims[1];
-        let (h, wd) = if spatial == 2 {
-            (dims[2], dims[3])
-        } else {
-            (1, dims[2])
-        };
         let ws = w.shape();
         let (m, cg) = (ws[0], ws[1]);
         let (kh, kw) = if spatial == 2 {
@@ -279,19 +275,18 @@ impl IntegerConv {
             pick(&self.attrs.dilations, 0).max(1),
             pick(&self.attrs.dilations, 1).max(1),
         );
-        let pads = self
-            .attrs
-            .pads_2d(spatial, (h, wd), (kh, kw), stride, dilation)?;
-        let geometry = Geometry {
-            h,
-            w: wd,
+        let window = Window {
+            spatial,
             kh,
             kw,
             stride,
             dilation,
-            pads,
+            attrs: self.attrs.clone(),
         };
-
+        // The geometry at the build-time size (1 x 1 stands in for a symbol): it tells
+        // whether the convolution is pointwise, which no input size changes.
+        let probe =
+            window.geometry(h_dim.to_usize().unwrap_or(1), w_dim.to_usize().unwrap_or(1))?;
         let scalar_f32 = |t: &Tensor| -> TractResult<f32> {
             ensure!(t.len() == 1, "per-tensor quantisation parameter expected");
             t.cast_to_scalar::<f32>()
@@ -391,7 +386,7 @@ impl IntegerConv {
                 packed.push(a);
             }
             let any_w_zp = w_zp_k.iter().any(|&z| z != 0);
-            let pointwise = kh == 1 && kw == 1 && stride == (1, 1) && pads == [0; 4];
+            let pointwise = kh == 1 && kw == 1 && stride == (1, 1) && probe.pads == [0; 4];
             Kind::Gemm {
                 packed,
                 offset,
@@ -400,18 +395,18 @@ impl IntegerConv {
                 pointwise,
             }
         };
-        let (oh, ow) = geometry.output();
+        let (oh, ow) = window.output_dims(&h_dim, &w_dim)?;
         let mut out_shape: TVec<TDim> = x.shape.to_tvec();
         out_shape[1] = m.to_dim();
         if spatial == 2 {
-            out_shape[2] = oh.to_dim();
-            out_shape[3] = ow.to_dim();
+            out_shape[2] = oh;
+            out_shape[3] = ow;
         } else {
-            out_shape[2] = ow.to_dim();
+            out_shape[2] = ow;
         }
         Ok(Ok(QConv {
             p: Arc::new(Params {
-                geometry,
+                window,
                 c_in,
                 m,
                 group,
@@ -447,9 +442,82 @@ enum Kind {
     },
 }
 
+/// The kernel window: the geometry but for the input's height and width, which a model
+/// with dynamic dimensions only knows per request.
+#[derive(Debug)]
+struct Window {
+    spatial: usize,
+    kh: usize,
+    kw: usize,
+    stride: (usize, usize),
+    dilation: (usize, usize),
+    attrs: Attrs,
+}
+
+impl Window {
+    /// The geometry for an `h x w` input (pads depend on the size under `auto_pad`).
+    fn geometry(&self, h: usize, w: usize) -> TractResult<Geometry> {
+        let (k, s, d) = ((self.kh, self.kw), self.stride, self.dilation);
+        Ok(Geometry {
+            h,
+            w,
+            kh: self.kh,
+            kw: self.kw,
+            stride: s,
+            dilation: d,
+            pads: self.attrs.pads_2d(self.spatial, (h, w), k, s, d)?,
+        })
+    }
+
+    /// Output height and width for input dimensions that may be symbols: ONNX's formulas
+    /// (`ceil(n / s)` under `SAME_*`, `(n + pads - extent) / s + 1` otherwise), which
+    /// agree with [`Geometry::output`] at every concrete size.
+    fn output_dims(&self, h: &TDim, w: &TDim) -> TractResult<(TDim, TDim)> {
+        if let (Ok(h), Ok(w)) = (h.to_usize(), w.to_usize()) {
+            let (oh, ow) = self.geometry(h, w)?.output();
+            return Ok((oh.to_dim(), ow.to_dim()));
+        }
+        // Explicit and VALID pads do not depend on the size; SAME's are not used here.
+        let pads = self.attrs.pads_2d(
+            self.spatial,
+            (1, 1),
+            (self.kh, self.kw),
+            self.stride,
+            self.dilation,
+        )?;
+        let same = matches!(self.attrs.pads, Padding::SameUpper | Padding::SameLower);
+        let out = |n: &TDim, k: usize, s: usize, d: usize, pad: usize| -> TDim {
+            if same {
+                n.clone().div_ceil(s as u64)
+            } else {
+                let extent = (d * (k - 1) + 1) as i64;
+                (n.clone() + pad as i64 - extent) / s as u64 + 1
+            }
+        };
+        let oh = match self.spatial {
+            2 => out(
+                h,
+                self.kh,
+                self.stride.0,
+                self.dilation.0,
+                pads[0] + pads[2],
+            ),
+            _ => 1.to_dim(),
+        };
+        let ow = out(
+            w,
+            self.kw,
+            self.stride.1,
+            self.dilation.1,
+            pads[1] + pads[3],
+        );
+        Ok((oh, ow))
+    }
+}
+
 #[derive(Debug)]
 struct Params {
-    geometry: Geometry,
+    window: Window,
     c_in: usize,
     m: usize,
     group: usize,
@@ -478,19 +546,37 @@ impl PartialEq for QConv {
 impl Eq for QConv {}
 
 impl QConv {
-    /// Scratch bytes one evaluation allocates (im2col, packed activations, planes).
-    pub fn scratch_bytes(&self) -> usize {
+    /// Scratch bytes one evaluation of an input of `shape` allocates (im2col, packed
+    /// activations, planes).
+    pub fn scratch_bytes(&self, shape: &[usize]) -> usize {
         let p = &self.p;
-        let g = &p.geometry;
+        let Ok(g) = self.geometry_for(shape) else {
+            return 0;
+        };
         let (oh, ow) = g.output();
         match &p.kind {
-            Kind::Depthwise { .. } => depthwise::Scratch::bytes(g),
+            Kind::Depthwise { .. } => depthwise::Scratch::bytes(&g),
             Kind::Gemm { pointwise, .. } => {
                 let k = p.c_in / p.group * g.kh * g.kw;
                 let im2col = if *pointwise { 0 } else { k * oh * ow };
                 im2col + gemm::packed_b_len(k, oh * ow)
             }
         }
+    }
+
+    /// The geometry for an input of `shape` (N, C, [H,] W).
+    fn geometry_for(&self, shape: &[usize]) -> TractResult<Geometry> {
+        let p = &self.p;
+        let (h, w) = match *shape {
+            [_, c, h, w] if p.window.spatial == 2 && c == p.c_in => (h, w),
+            [_, c, w] if p.window.spatial == 1 && c == p.c_in => (1, w),
+            _ => bail!(
+                "QConv: input shape {shape:?} does not match the model ({} channels, {} spatial axes)",
+                p.c_in,
+                p.window.spatial
+            ),
+        };
+        p.window.geometry(h, w)
     }
 
     /// Bytes of the 8-bit weights the packing was made from: the parsed model holds them
@@ -513,9 +599,10 @@ impl QConv {
 
     fn run(&self, x: &Tensor) -> TractResult<Tensor> {
         let p = &*self.p;
-        let g = &p.geometry;
-        let (oh, ow) = g.output();
         let shape = x.shape();
+        let geometry = self.geometry_for(shape)?;
+        let g = &geometry;
+        let (oh, ow) = g.output();
         let batch = shape[0];
         let plane = g.h * g.w;
         let out_plane = oh * ow;
@@ -667,7 +754,7 @@ impl Op for QConv {
         };
         Ok(vec![format!(
             "{kind} {:?} group {} isa {}",
-            p.geometry,
+            p.window,
             p.group,
             p.isa.name()
         )])

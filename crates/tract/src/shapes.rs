@@ -26,6 +26,24 @@ pub fn forget_symbolic_dims(model: &mut ModelProto) -> usize {
         .sum()
 }
 
+/// For a model run with dynamic dimensions: drops every shape annotation past the inputs
+/// (`value_info`, output shapes). A converter that fixed the shapes (ORT's
+/// `quant_pre_process` writes `[1, 3, 320, 320]` through the whole graph) would clash with
+/// a symbolic input; tract re-derives every shape from the inputs anyway.
+pub fn forget_inner_shapes(model: &mut ModelProto) {
+    let Some(graph) = model.graph.as_mut() else {
+        return;
+    };
+    graph.value_info.clear();
+    for o in &mut graph.output {
+        if let Some(type_proto::Value::TensorType(t)) =
+            o.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            t.shape = None;
+        }
+    }
+}
+
 fn forget_in(v: &mut ValueInfoProto) -> usize {
     let Some(type_proto::Value::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut())
     else {

@@ -29,8 +29,11 @@ use beltbox_tract::qconv::QConv;
 use super::plan::{Alias, GraphFacts, Step};
 use super::MemoryError;
 
-fn usize_of(what: &str, d: &TDim) -> Result<u64, MemoryError> {
-    d.to_usize()
+/// A size, with every dynamic dimension at the value `dims` gives it (its declared
+/// maximum: a dynamic model is planned for its largest request).
+fn usize_of(what: &str, d: &TDim, dims: &SymbolValues) -> Result<u64, MemoryError> {
+    d.eval(dims)
+        .to_usize()
         .map(|v| v as u64)
         .map_err(|_| MemoryError::Symbolic(format!("{what} has a symbolic size ({d})")))
 }
@@ -42,7 +45,7 @@ fn tensor_bytes(t: &Tensor) -> Result<u64, MemoryError> {
         return Ok((t.len() * t.datum_type().size_of()) as u64);
     }
     match t.exotic_fact() {
-        Ok(Some(f)) => usize_of("a packed constant", &f.mem_size()),
+        Ok(Some(f)) => usize_of("a packed constant", &f.mem_size(), &SymbolValues::default()),
         // An exotic storage that cannot describe itself: fall back to its logical size
         // rather than refuse to plan (it is at least that big).
         _ => Ok((t.len() * t.datum_type().size_of()) as u64),
@@ -58,7 +61,11 @@ fn matmul_weights(op: &OptMatMul) -> Result<u64, MemoryError> {
         if let ProtoFusedSpec::AddMatMul { a, b, .. } = spec {
             for operand in [a, b] {
                 if let MatMulOperand::Const(v) = operand {
-                    weights += usize_of("a packed weight", &v.exotic_fact().mem_size())?;
+                    weights += usize_of(
+                        "a packed weight",
+                        &v.exotic_fact().mem_size(),
+                        &SymbolValues::default(),
+                    )?;
                 }
             }
         }
@@ -79,8 +86,11 @@ fn may_reuse_input(node: &TypedNode, op_name: &str) -> bool {
             && (op_name.ends_with("ByScalar") || op_name.ends_with("Unicast")))
 }
 
-/// Walks the runnable plan in execution order.
-pub fn graph_facts(plan: &TypedRunnableModel) -> Result<GraphFacts, MemoryError> {
+/// Walks the runnable plan in execution order; `dims` sizes dynamic dimensions.
+pub fn graph_facts(
+    plan: &TypedRunnableModel,
+    dims: &SymbolValues,
+) -> Result<GraphFacts, MemoryError> {
     let model = plan.model();
     let mut weights_bytes = 0u64;
     let mut packed_at_load_bytes = 0u64;
@@ -112,6 +122,7 @@ pub fn graph_facts(plan: &TypedRunnableModel) -> Result<GraphFacts, MemoryError>
             output_bytes += usize_of(
                 &format!("output of node `{}`", node.name),
                 &o.fact.mem_size(),
+                dims,
             )?;
         }
         let first_input = node.inputs.first().map(|i| (i.node, model.outlet_fact(*i)));
@@ -138,9 +149,18 @@ pub fn graph_facts(plan: &TypedRunnableModel) -> Result<GraphFacts, MemoryError>
             op,
             inputs: node.inputs.iter().map(|i| i.node).collect(),
             output_bytes,
-            scratch_bytes: node
-                .op_as::<QConv>()
-                .map_or(0, |q| q.scratch_bytes() as u64),
+            scratch_bytes: match (node.op_as::<QConv>(), first_input) {
+                (Some(q), Some((_, Ok(f)))) => match f.shape.eval_to_usize(dims) {
+                    Ok(shape) => q.scratch_bytes(&shape) as u64,
+                    Err(_) => {
+                        return Err(MemoryError::Symbolic(format!(
+                            "input of node `{}` has a symbolic shape ({:?})",
+                            node.name, f.shape
+                        )))
+                    }
+                },
+                _ => 0,
+            },
             alias,
         });
     }

@@ -178,7 +178,7 @@ pub fn build(
     let (backend, facts): (Box<dyn Backend>, Option<GraphFacts>) = match m.model.format {
         Format::Onnx => {
             let b = tract_backend::TractBackend::load(&bytes, m, threads).map_err(backend_err)?;
-            let facts = crate::memory::graph::graph_facts(b.runnable())
+            let facts = crate::memory::graph::graph_facts(b.runnable(), b.planned_dims())
                 .map_err(|e| backend_err(BackendError::Load(e.to_string())))?;
             (Box::new(b), Some(facts))
         }
@@ -391,8 +391,8 @@ impl Model {
         let outputs = self.run_tensors(&inputs)?;
         let t2 = Instant::now();
         let classes = self.classes(&outputs, top_k);
-        let detections =
-            detect::detect(m, &outputs, &self.detection_labels, image).map_err(ModelError::from)?;
+        let detections = detect::detect_in(m, &outputs, &self.detection_labels, image, &inputs)
+            .map_err(ModelError::from)?;
         let t3 = Instant::now();
         Ok(Inference {
             classes,
@@ -459,7 +459,7 @@ pub fn preprocess_facts(m: &manifest::Manifest, frame: Option<(u64, u64)>) -> Pr
         many => many.iter().find(|i| i.preprocess.is_some()),
     };
     let Some(input) = planned else {
-        let total: u64 = m.inputs.iter().map(|i| i.volume() as u64).sum();
+        let total: u64 = m.inputs.iter().map(|i| i.max_volume() as u64).sum();
         return PreprocessFacts {
             frame_width: total,
             frame_height: 1,

@@ -23,6 +23,8 @@ type State = TypedSimpleState;
 
 pub struct TractBackend {
     plan: Plan,
+    /// Every dynamic dimension at its declared maximum: the RAM plan is made there.
+    at_max: SymbolValues,
     /// For each graph input, in graph order, the index of its manifest input: a manifest
     /// may list the inputs in any order, requests name them.
     graph_order: Vec<usize>,
@@ -69,6 +71,17 @@ macro_rules! tract_conversions {
 }
 crate::tensor::dtypes!(tract_conversions);
 
+/// A symbol name tract's expression parser accepts (assertions are parsed from text):
+/// unique per graph input slot and axis, readable in tract's messages.
+fn symbol_name(slot: usize, input: &str, axis: usize) -> String {
+    let clean: String = input
+        .chars()
+        .take(32)
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("in{slot}_{clean}_{axis}")
+}
+
 /// tract is third-party code fed untrusted bytes: a panic inside it must become an error,
 /// never take the process down.
 fn contain<T>(what: &str, f: impl FnOnce() -> TractResult<T>) -> Result<T, String> {
@@ -108,11 +121,15 @@ impl TractBackend {
         manifest: &Manifest,
         threads: usize,
     ) -> Result<TractBackend, BackendError> {
+        let dynamic = manifest.inputs.iter().any(|i| i.is_dynamic());
         let (model, qdq_stats) = contain("cannot parse the ONNX model", || {
             let onnx = framework();
             let mut proto = onnx.proto_model_for_read(&mut Cursor::new(bytes))?;
             // The manifest's input shape is the one truth about shapes (see `shapes`).
             shapes::forget_symbolic_dims(&mut proto);
+            if dynamic {
+                shapes::forget_inner_shapes(&mut proto);
+            }
             let stats = qdq::rewrite(&mut proto);
             Ok((onnx.model_for_proto_model(&proto)?, stats))
         })
@@ -183,15 +200,34 @@ impl TractBackend {
             }
         }
 
-        let facts: Vec<(DatumType, Vec<usize>)> = graph_order
-            .iter()
-            .map(|&i| {
-                (
-                    dt(manifest.inputs[i].dtype),
-                    manifest.inputs[i].shape.clone(),
-                )
-            })
-            .collect();
+        // A declared range makes its dimension a symbol (bounded by assertions, which
+        // lets tract simplify shape expressions); tract resolves it from each request's
+        // tensors. Fixed dimensions stay integers, so a static model optimises as before.
+        let symbols = model.symbols.clone();
+        let mut at_shape = SymbolValues::default();
+        let mut at_max = SymbolValues::default();
+        let mut facts = Vec::with_capacity(graph_order.len());
+        for (slot, &i) in graph_order.iter().enumerate() {
+            let spec = &manifest.inputs[i];
+            let mut dims: TVec<TDim> = spec.shape.iter().map(|&d| d.to_dim()).collect();
+            for axis in spec.dynamic_axes() {
+                // A stepped dimension is `step × k`: tract can then prove what the model
+                // relies on (a YOLO's 2 × ceil(h/32) == ceil(h/16) holds for h = 32k only).
+                let name = symbol_name(slot, &spec.name, axis);
+                let sym = symbols.sym(&name);
+                let step = spec.step(axis);
+                let (lo, hi) = (spec.min()[axis] / step, spec.max()[axis] / step);
+                for a in [format!("{name}>={lo}"), format!("{name}<={hi}")] {
+                    symbols
+                        .add_assertion(a)
+                        .map_err(|e| BackendError::Load(root_cause(&e)))?;
+                }
+                at_shape.set(&sym, (spec.shape[axis] / step) as i64);
+                at_max.set(&sym, hi as i64);
+                dims[axis] = TDim::Sym(sym) * step as i64;
+            }
+            facts.push((dt(spec.dtype), dims));
+        }
         let typed = contain("cannot prepare the ONNX model", move || {
             let mut model = model;
             for (slot, (datum, shape)) in facts.into_iter().enumerate() {
@@ -201,13 +237,24 @@ impl TractBackend {
             beltbox_tract::upsample::replace_byte_upsamples(&mut typed)?;
             Ok(typed)
         })
-        .map_err(BackendError::Load)?;
+        .map_err(|e| match dynamic {
+            // The usual cause: a shape baked into the graph (ORT's `quant_pre_process`
+            // with a fixed input folds Reshape targets to constants).
+            true => BackendError::Load(format!(
+                "{e} (with the dynamic dimensions min_shape/max_shape declare: the graph \
+                 fixes a shape somewhere, e.g. a Reshape to a constant shape; export the \
+                 model with dynamic axes, give the range a `shape_step` the model needs, or \
+                 drop the range)"
+            )),
+            false => BackendError::Load(e),
+        })?;
 
         for (i, o) in manifest.outputs.iter().enumerate() {
             let fact = typed
                 .output_fact(i)
                 .map_err(|e| BackendError::Load(e.to_string()))?;
-            let got: Option<Vec<usize>> = fact.shape.as_concrete().map(|s| s.to_vec());
+            // At `shape` (the golden samples' shape) the output must be the manifest's.
+            let got = fact.shape.eval_to_usize(&at_shape).ok().map(|s| s.to_vec());
             if got.as_deref() != Some(&o.shape[..]) {
                 return Err(BackendError::Mismatch(format!(
                     "manifest outputs[{i}].shape is {:?} but the graph produces {:?}",
@@ -231,6 +278,7 @@ impl TractBackend {
         .map_err(BackendError::Load)?;
         Ok(TractBackend {
             plan,
+            at_max,
             graph_order,
             states: Mutex::new(Vec::new()),
         })
@@ -263,6 +311,12 @@ impl TractBackend {
     /// The runnable plan: its execution order drives the RAM plan's liveness analysis.
     pub fn runnable(&self) -> &TypedRunnableModel {
         &self.plan
+    }
+
+    /// The value of every dynamic dimension at its maximum (empty for a static model):
+    /// the shapes the RAM plan sizes buffers for.
+    pub fn planned_dims(&self) -> &SymbolValues {
+        &self.at_max
     }
 }
 
