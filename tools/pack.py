@@ -19,6 +19,8 @@ the output's peak for float outputs). --atol sets one fixed tolerance and skips 
 Models with several inputs take each sample as NAME=FILE,NAME=FILE,... (every input once); the
 references are fed every input. --task detection writes task = "detection" on the detector's
 outputs and the [detection] section that tells beltbox how to decode them into boxes.
+--min-shape/--max-shape (and --shape-step) let an ONNX tensor input take requests of any shape
+in a range (min_shape/max_shape/shape_step in the manifest); the goldens stay at --shape.
 
 Needs numpy, onnx + onnxruntime (ONNX models) or ai-edge-litert (TFLite models); the repo's
 venv has them: .cache/ort-venv/bin/python tools/pack.py --help
@@ -62,6 +64,11 @@ repo's venv: .cache/ort-venv/bin/python tools/pack.py ...):
   # a YOLOv8 detector: boxes decoded by beltbox (classes inferred from output0 [1, 4+C, N])
   tools/pack.py yolov8n.onnx --shape 1,3,640,640 --sample frame.npy \\
       --task detection --detection-head yolo --labels coco.txt --out /tmp/yolov8n
+
+  # the same detector taking any 160..640 x 160..640 tensor in steps of 32 (goldens at 320x320;
+  # the RAM budget is sized for 640x640)
+  tools/pack.py yolov8n.onnx --shape 1,3,320,320 --sample frame320.npy --out /tmp/yolov8n-range \\
+      --min-shape 1,3,160,160 --max-shape 1,3,640,640 --shape-step 1,1,32,32
 
   # a TFLite model with image samples (PNG/PGM, converted and resized as beltbox does)
   tools/pack.py face.tflite --image rgb --scale 2 --mean 1,1,1 --sample face.png --out /tmp/face
@@ -855,23 +862,24 @@ def parse_sample_arg(text: str, names) -> dict:
     return {n: out[n] for n in names}
 
 
-def parse_shape_args(texts, names) -> dict:
-    """--shape values -> {input name: shape text}. One input: a bare `1,3,224,224` (or
-    `NAME=...`); several: `NAME=1,3,224,224`, at most once per input."""
+def parse_shape_args(texts, names, opt: str = "--shape") -> dict:
+    """--shape (or --min-shape, --max-shape, --shape-step: `opt`) values -> {input name: shape
+    text}. One input: a bare `1,3,224,224` (or `NAME=...`); several: `NAME=1,3,224,224`, at most
+    once per input."""
     out = {}
     for text in texts or []:
         m = match_name(text, names)
         if m is None:
             if "=" in text:
-                raise UsageError(f"--shape `{text}`: `{text.split('=', 1)[0]}` is not an input of the model (its inputs: {names_text(names)})")
+                raise UsageError(f"{opt} `{text}`: `{text.split('=', 1)[0]}` is not an input of the model (its inputs: {names_text(names)})")
             if len(names) != 1:
                 raise UsageError(
-                    f"--shape `{text}`: the model has {len(names)} inputs ({names_text(names)}); "
-                    f"name the one it is for: --shape {names[0]}={text}"
+                    f"{opt} `{text}`: the model has {len(names)} inputs ({names_text(names)}); "
+                    f"name the one it is for: {opt} {names[0]}={text}"
                 )
             m = (names[0], text)
         if m[0] in out:
-            raise UsageError(f"--shape: input `{m[0]}` is given twice")
+            raise UsageError(f"{opt}: input `{m[0]}` is given twice")
         out[m[0]] = m[1]
     return out
 
@@ -924,6 +932,72 @@ def fmt_dims(dims) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
+MAX_ELEMENTS = 1 << 30  # per input and all inputs together, at max_shape (beltbox's manifest)
+RANGE_OPTS = ("--min-shape", "--max-shape", "--shape-step")
+
+
+def resolve_range(ii: InputInfo, shape: list, texts: dict, image: bool, fmt: str, one_input: bool):
+    """(min_shape, max_shape, shape_step) of one input from its --min-shape/--max-shape/
+    --shape-step texts (`texts`: option -> text, the ones given), checked as beltbox checks the
+    manifest; (None, None, None) when none is given. `shape` is the input's concrete shape."""
+    if not texts:
+        return None, None, None
+    given = {o: (f"{o} {t}" if one_input else f"{o} {ii.name}={t}") for o, t in texts.items()}
+    opts = "/".join(o for o in RANGE_OPTS if o in texts)
+    if fmt != "onnx":
+        raise UsageError(f"{opts} for input `{ii.name}`: dimension ranges are for ONNX models; beltbox runs a TFLite model at its input shape {shape}")
+    if image:
+        raise UsageError(
+            f"{opts} for input `{ii.name}`: it takes images (--image), which beltbox resizes to its shape {shape}, so it "
+            "cannot take a range; drop the range options or --image for it"
+        )
+    if "--min-shape" not in texts and "--max-shape" not in texts:
+        raise UsageError(f"{given['--shape-step']}: a step needs a range (--min-shape and --max-shape for input `{ii.name}`)")
+    if ("--min-shape" in texts) != ("--max-shape" in texts):
+        raise UsageError(f"{opts}: give both --min-shape and --max-shape for input `{ii.name}` (or neither)")
+    lo = parse_int_list(texts["--min-shape"], "--min-shape")
+    hi = parse_int_list(texts["--max-shape"], "--max-shape")
+    step = parse_int_list(texts["--shape-step"], "--shape-step", "1,1,32,32") if "--shape-step" in texts else None
+    for o, v in (("--min-shape", lo), ("--max-shape", hi), ("--shape-step", step)):
+        if v is not None and len(v) != len(shape):
+            raise UsageError(f"{given[o]} has rank {len(v)} but input `{ii.name}` has rank {len(shape)} (shape {shape})")
+    dims = ii.dims
+    for a in range(len(shape)):
+        d = dims[a] if dims is not None and a < len(dims) else None
+        if d is not None and (lo[a] != d or hi[a] != d):
+            raise UsageError(
+                f"{opts} for input `{ii.name}`: axis {a} is fixed at {d} by the model ({fmt_dims(dims)}), so it cannot take a "
+                f"range; give {d} at axis {a} in both --min-shape and --max-shape"
+            )
+        if not (lo[a] <= shape[a] <= hi[a]):
+            raise UsageError(
+                f"input `{ii.name}` axis {a}: need 1 <= --min-shape ({lo[a]}) <= shape ({shape[a]}) <= --max-shape ({hi[a]})"
+            )
+        s = step[a] if step is not None else 1
+        if any(v % s for v in (lo[a], shape[a], hi[a])):
+            raise UsageError(
+                f"input `{ii.name}` axis {a}: --min-shape ({lo[a]}), shape ({shape[a]}) and --max-shape ({hi[a]}) must be "
+                f"multiples of the step ({s})"
+            )
+    if math.prod(hi) > MAX_ELEMENTS:
+        raise UsageError(f"{given['--max-shape']}: {hi} has more than 2^30 elements (beltbox's limit for one input)")
+    return lo, hi, step
+
+
+def shape_range_text(shape, lo, hi, step) -> str:
+    """As beltbox prints it: `[1, 3, 160..=640 (step 32), 160..=640 (step 32)]`."""
+    if lo is None:
+        return str(list(shape))
+    parts = []
+    for a in range(len(shape)):
+        s = step[a] if step is not None else 1
+        if lo[a] == hi[a]:
+            parts.append(str(lo[a]))
+        else:
+            parts.append(f"{lo[a]}..={hi[a]}" + (f" (step {s})" if s != 1 else ""))
+    return "[" + ", ".join(parts) + "]"
+
+
 def build_input_spec(args, ii: InputInfo, shape, image: bool):
     """The manifest entry of one input; `image` says the --image options apply to it."""
     dt = ii.dtype
@@ -938,6 +1012,9 @@ def build_input_spec(args, ii: InputInfo, shape, image: bool):
         "quant": ii.quant if SUPPORTED_DTYPES[dt] != "float32" else None,
         "preprocess": None,
         "layout": None,
+        "min_shape": None,  # with max_shape: the range of shapes a request may have (ONNX tensor inputs)
+        "max_shape": None,
+        "shape_step": None,
     }
     if ii.quant_guessed:
         warn(f"input `{ii.name}` is {spec['dtype']} with no quantisation found; writing scale 1, zero_point 0 (values as they are)")
@@ -1378,7 +1455,11 @@ def manifest_text(p: dict) -> str:
         f"precision = {toml_value(p['precision'])}",
     ]
     for i in p["inputs"]:
-        L += ["", "[[inputs]]", f"name = {toml_value(i['name'])}", f"shape = {toml_value(i['shape'])}", f"dtype = {toml_value(i['dtype'])}"]
+        L += ["", "[[inputs]]", f"name = {toml_value(i['name'])}", f"shape = {toml_value(i['shape'])}"]
+        for k in ("min_shape", "max_shape", "shape_step"):
+            if i.get(k) is not None:
+                L.append(f"{k} = {toml_value(i[k])}")
+        L.append(f"dtype = {toml_value(i['dtype'])}")
         if i["layout"] is not None:
             L.append(f"layout = {toml_value(i['layout'])}")
         if i["preprocess"] is not None:
@@ -1582,6 +1663,12 @@ def parse_args(argv):
     ap.add_argument("--shape", action="append", metavar="[NAME=]DIMS",
                     help="the concrete input shape, e.g. 1,3,224,224 (fixes dynamic/symbolic dims; default: the model's, else the "
                     "first .npy sample's). Several inputs: --shape NAME=1,3,224,224, once per input that needs it")
+    ap.add_argument("--min-shape", action="append", metavar="[NAME=]DIMS",
+                    help="ONNX tensor inputs: the smallest shape a request may have (with --max-shape; goldens stay at --shape)")
+    ap.add_argument("--max-shape", action="append", metavar="[NAME=]DIMS",
+                    help="the largest shape a request may have (with --min-shape); the RAM plan and default --ram-mib are sized for it")
+    ap.add_argument("--shape-step", action="append", metavar="[NAME=]DIMS",
+                    help="per dim, what a request's size must be a multiple of, e.g. 1,1,32,32 (default 1; needs a range)")
     g = ap.add_argument_group("image inputs (optional: writes [inputs.preprocess] so beltbox also takes PNG/PGM images)")
     g.add_argument("--image", choices=["gray", "rgb", "bgr"], help="colour order of the tensor's channels")
     g.add_argument("--image-input", metavar="NAME", help="the input the image options are for (required with --image when the model has several inputs)")
@@ -1742,6 +1829,7 @@ def pack(args) -> int:
     # --- samples and input specs (model order)
     raw_samples = read_samples(args, in_names, image_input)
     shape_texts = parse_shape_args(args.shape, in_names)
+    range_texts = {o: parse_shape_args(getattr(args, o[2:].replace("-", "_")), in_names, o) for o in RANGE_OPTS}
     specs = []
     for k, ii in enumerate(info.inputs):
         opt = "--shape " if len(in_names) == 1 else f"--shape {ii.name}="
@@ -1752,9 +1840,19 @@ def pack(args) -> int:
             raise UsageError(f"input `{ii.name}` shape {shape} must be non-empty without zero dims")
         if fmt == "tflite" and list(shape) != list(ii.dims):
             raise UsageError(f"the TFLite model's input `{ii.name}` is {ii.dims}; beltbox does not resize TFLite inputs")
+        texts = {o: range_texts[o][ii.name] for o in RANGE_OPTS if ii.name in range_texts[o]}
+        spec["min_shape"], spec["max_shape"], spec["shape_step"] = resolve_range(
+            ii, shape, texts, ii.name == image_input, fmt, len(in_names) == 1
+        )
         say(f"  input `{spec['name']}` {spec['dtype']} {shape}" + (f", quantisation {spec['quant']}" if spec["quant"] else "")
-            + (f", images ({args.image})" if spec["preprocess"] is not None else ""))
+            + (f", images ({args.image})" if spec["preprocess"] is not None else "")
+            + (f", requests {shape_range_text(shape, spec['min_shape'], spec['max_shape'], spec['shape_step'])} (goldens at {shape})"
+               if spec["min_shape"] is not None else ""))
         specs.append(spec)
+    if any(s_["max_shape"] is not None for s_ in specs):
+        total = sum(math.prod(s_["max_shape"] or s_["shape"]) for s_ in specs)
+        if total > MAX_ELEMENTS:
+            raise UsageError(f"the inputs together have {total} elements at --max-shape, more than beltbox's 2^30")
     samples = [[prepare_sample(p_, a, img, spec) for (p_, a, img), spec in zip(row, specs)] for row in raw_samples]
     feed = samples  # model order, for the references
     if task == "detection":
@@ -1877,7 +1975,9 @@ def pack(args) -> int:
     if args.ram_mib is not None:
         ram = args.ram_mib
     else:
-        act = onnx_activation_bytes(info.onnx_model, {s_["name"]: s_["shape"] for s_ in specs}) if fmt == "onnx" else getattr(info, "act_bytes", 0)
+        # at max_shape where a range is given: the default budget must hold the largest request
+        act = (onnx_activation_bytes(info.onnx_model, {s_["name"]: s_["max_shape"] or s_["shape"] for s_ in specs})
+               if fmt == "onnx" else getattr(info, "act_bytes", 0))
         ram = ram_budget_mib(model_bytes, act)
     model_sha = sha256_file(model)
     desc = args.description or f"{model.name} packed by tools/pack.py"
