@@ -442,8 +442,10 @@ impl TypedOp for FusedQAdd {
     ) -> TractResult<Option<TypedModelPatch>> {
         let facts = model.node_input_facts(node.id)?;
         let out = model.outlet_fact(OutletId::new(node.id, 0))?;
-        let volume = out.shape.as_concrete().map(|s| s.iter().product::<usize>());
-        if volume.is_none_or(|v| v < 2) {
+        // At least this many elements: a symbolic (dynamic) dimension counts as 1, so a
+        // [1, 64, h, w] map of a dynamic model still folds.
+        let at_least: usize = out.shape.iter().filter_map(|d| d.to_usize().ok()).product();
+        if at_least < 2 {
             return Ok(None);
         }
         let codes = |map: Option<&[u8; 256]>| -> TractResult<Tensor> {
