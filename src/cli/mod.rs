@@ -72,8 +72,9 @@ it, quantised outputs as integers), to compare with your own reference."
 Latency is measured per frame over --runs runs after --warmup runs, on the package's first \
 golden input unless --input is given; percentiles are nearest-rank. JSON keys: load_ms, \
 p50_ms, p95_ms, p99_ms (total), stages.{preprocess,inference,postprocess,total}, \
-peak_rss_bytes, throughput_fps, op_counts.{integer,float,float_ops} (graph nodes computing in \
-integers vs touching floats), profile[] (with --profile: op, nodes, ms_per_run, share)."
+peak_rss_bytes, throughput_fps, op_counts.{integer,float,float_ops,conversions,conversion_ops} \
+(graph nodes computing in integers, computing in floats, and converting between the two: \
+quantise, dequantise, cast), profile[] (with --profile: op, nodes, ms_per_run, share)."
     )]
     Bench {
         #[command(flatten)]
@@ -625,20 +626,20 @@ fn bench_cmd(
         report.throughput_fps
     ));
     if let Some(c) = &report.op_counts {
-        let floats: Vec<String> = c
-            .float_ops
-            .iter()
-            .map(|(op, n)| format!("{op} x{n}"))
-            .collect();
+        let list = |ops: &std::collections::BTreeMap<String, usize>| -> String {
+            let named: Vec<String> = ops.iter().map(|(op, n)| format!("{op} x{n}")).collect();
+            match named.is_empty() {
+                true => String::new(),
+                false => format!(" ({})", named.join(", ")),
+            }
+        };
         out.push_str(&format!(
-            "\n  nodes: {} integer, {} float{}",
+            "\n  nodes: {} integer, {} float{}, {} conversions{}",
             c.integer,
             c.float,
-            if floats.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", floats.join(", "))
-            }
+            list(&c.float_ops),
+            c.conversions,
+            list(&c.conversion_ops)
         ));
     }
     if let Some(p) = &report.profile {

@@ -45,10 +45,14 @@ pub trait Backend: Send + Sync {
 pub struct OpCounts {
     /// Nodes whose inputs and outputs are all integer tensors.
     pub integer: usize,
-    /// Nodes reading or writing a float tensor (including quantise/dequantise).
+    /// Nodes computing on float tensors (conversions excluded).
     pub float: usize,
     /// The float nodes by op name.
     pub float_ops: std::collections::BTreeMap<String, usize>,
+    /// Quantise, dequantise and cast nodes: one tensor converted between float and integer.
+    pub conversions: usize,
+    /// The conversions by op name.
+    pub conversion_ops: std::collections::BTreeMap<String, usize>,
 }
 
 /// One op type's share of inference time.

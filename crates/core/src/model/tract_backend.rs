@@ -355,20 +355,35 @@ impl Backend for TractBackend {
             if node.op_is::<tract_core::ops::source::TypedSource>() {
                 continue;
             }
-            let facts = node
+            let inputs: Vec<&TypedFact> = node
                 .inputs
                 .iter()
                 .filter_map(|i| model.outlet_fact(*i).ok())
-                .chain(node.outputs.iter().map(|o| &o.fact));
-            if facts.into_iter().any(|f| f.datum_type.is_float()) {
-                counts.float += 1;
-                *counts
-                    .float_ops
-                    .entry(node.op.name().to_string())
-                    .or_default() += 1;
+                .collect();
+            let outputs: Vec<&TypedFact> = node.outputs.iter().map(|o| &o.fact).collect();
+            // A conversion: one tensor in, one out, same shape, float on exactly one side
+            // (quantise, dequantise, cast). Counted apart: they are the boundaries of the
+            // integer regions, not float compute.
+            let conversion = match (inputs.as_slice(), outputs.as_slice()) {
+                ([i], [o]) => {
+                    i.shape == o.shape && i.datum_type.is_float() != o.datum_type.is_float()
+                }
+                _ => false,
+            };
+            let (tally, by_op) = if conversion {
+                (&mut counts.conversions, &mut counts.conversion_ops)
+            } else if inputs
+                .iter()
+                .chain(&outputs)
+                .any(|f| f.datum_type.is_float())
+            {
+                (&mut counts.float, &mut counts.float_ops)
             } else {
                 counts.integer += 1;
-            }
+                continue;
+            };
+            *tally += 1;
+            *by_op.entry(node.op.name().to_string()).or_default() += 1;
         }
         Some(counts)
     }
