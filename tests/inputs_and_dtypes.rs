@@ -43,6 +43,20 @@ fn info(name: &str, elem_type: i32, dims: &[i64]) -> ValueInfoProto {
     }
 }
 
+/// `graph` as an opset-13 ONNX file.
+fn encode(graph: GraphProto) -> Vec<u8> {
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
 fn node(op: &str, inputs: &[&str], output: &str, ints: &[(&str, i64)]) -> NodeProto {
     NodeProto {
         op_type: op.into(),
@@ -90,16 +104,7 @@ fn model() -> Vec<u8> {
         ],
         ..Default::default()
     };
-    ModelProto {
-        ir_version: 8,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        graph: Some(graph),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    encode(graph)
 }
 
 /// What the graph computes, evaluated here from its definition.
@@ -588,16 +593,7 @@ fn dynamic_model(convs: &[Conv]) -> Vec<u8> {
     for c in convs {
         c.nodes(&mut graph);
     }
-    ModelProto {
-        ir_version: 8,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        graph: Some(graph),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    encode(graph)
 }
 
 fn random_input(rng: &mut fastrand::Rng, h: usize, w: usize) -> Vec<u8> {
@@ -818,16 +814,7 @@ fn a_range_the_graph_cannot_take_is_refused_at_load() {
         output: vec![info("y", FLOAT, &[5])],
         ..Default::default()
     };
-    let model = ModelProto {
-        ir_version: 8,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        graph: Some(graph),
-        ..Default::default()
-    }
-    .encode_to_vec();
+    let model = encode(graph);
     let tmp = tempfile::tempdir().unwrap();
     let pkg = tmp.path().join("pkg");
     let mut files = Vec::new();

@@ -20,7 +20,6 @@
 
 use std::sync::{Arc, OnceLock};
 
-use tract_core::downcast_rs::Downcast;
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
@@ -30,41 +29,29 @@ use beltbox_kernels::gemm::{self, Epilogue, PackedA};
 use beltbox_kernels::requant::OutRange;
 use beltbox_kernels::Isa;
 
-/// tract-onnx's builder signature (its own type alias is private).
-type OpBuilder =
-    fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
+use crate::replace::{self, OpBuilder};
 
 /// tract's own `QLinearConv` builder, kept for shape inference and for the cases the kernels
-/// do not cover. Registry entries are plain `fn` pointers, so it has to live in a static.
+/// do not cover.
 static TRACT_QLINEARCONV: OnceLock<OpBuilder> = OnceLock::new();
 
 /// Replaces the `QLinearConv` builder of `onnx` with beltbox's (see the module docs).
 pub fn register(onnx: &mut tract_onnx::Onnx) {
-    if let Some(&tract_builder) = onnx.op_register.0.get("QLinearConv") {
-        // A second registration finds our own builder here; keep the first (tract's).
-        if tract_builder as usize != qlinear_conv as OpBuilder as usize {
-            let _ = TRACT_QLINEARCONV.set(tract_builder);
-        }
-        onnx.op_register.insert("QLinearConv", qlinear_conv);
-    }
+    replace::replace(onnx, "QLinearConv", qlinear_conv, &TRACT_QLINEARCONV);
 }
 
 fn qlinear_conv(
     ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let tract_builder = TRACT_QLINEARCONV
-        .get()
-        .context("QLinearConv: tract's builder was not registered")?;
-    let (op, extra) = tract_builder(ctx, node)?;
-    let op_ref: &dyn InferenceOp = op.as_ref();
-    let Some(fallback) = Downcast::as_any(op_ref).downcast_ref::<Box<dyn Expansion>>() else {
-        return Ok((op, extra));
+    let (fallback, extra) = match replace::tract_expansion(&TRACT_QLINEARCONV, ctx, node)? {
+        (Ok(fallback), extra) => (fallback, extra),
+        (Err(op), extra) => return Ok((op, extra)),
     };
     let attrs = Attrs::parse(node)?;
     Ok((
         expand(IntegerConv {
-            fallback: fallback.clone(),
+            fallback,
             attrs,
             has_bias: node.input.len() >= 9 && !node.input[8].is_empty(),
         }),

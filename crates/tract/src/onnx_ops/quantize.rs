@@ -11,46 +11,35 @@
 
 use std::sync::OnceLock;
 
-use tract_core::downcast_rs::Downcast;
-
 use super::*;
+use crate::replace::{self, OpBuilder};
 
 /// tract's own builder: the fallback for what [`QuantizeDiv`] does not cover (non-constant
 /// parameters, inputs other than f32, opset 21's blocked quantisation and output types).
 static TRACT_QUANTIZE_LINEAR: OnceLock<OpBuilder> = OnceLock::new();
 
-/// tract-onnx's builder signature (its own type alias is private).
-type OpBuilder = fn(&ParsingContext, &NodeProto) -> BuilderResult;
-
 /// Replaces tract's `QuantizeLinear` builder, keeping it as the fallback.
 pub(super) fn register(onnx: &mut tract_onnx::Onnx) {
-    if let Some(&tract_builder) = onnx.op_register.0.get("QuantizeLinear") {
-        // A second registration finds our own builder here; keep the first (tract's).
-        if tract_builder as usize != quantize_linear as OpBuilder as usize {
-            let _ = TRACT_QUANTIZE_LINEAR.set(tract_builder);
-        }
-        onnx.op_register.insert("QuantizeLinear", quantize_linear);
-    }
+    replace::replace(
+        onnx,
+        "QuantizeLinear",
+        quantize_linear,
+        &TRACT_QUANTIZE_LINEAR,
+    );
 }
 
 fn quantize_linear(ctx: &ParsingContext, node: &NodeProto) -> BuilderResult {
-    let tract_builder = TRACT_QUANTIZE_LINEAR
-        .get()
-        .context("QuantizeLinear: tract's builder was not registered")?;
-    let (op, extra) = tract_builder(ctx, node)?;
-    let op_ref: &dyn InferenceOp = op.as_ref();
-    let Some(fallback) = Downcast::as_any(op_ref).downcast_ref::<Box<dyn Expansion>>() else {
-        return Ok((op, extra));
+    let (fallback, extra) = match replace::tract_expansion(&TRACT_QUANTIZE_LINEAR, ctx, node)? {
+        (Ok(fallback), extra) => (fallback, extra),
+        (Err(op), extra) => return Ok((op, extra)),
     };
-    // Opset 21's block quantisation and explicit output types stay with tract.
+    // Opset 21's block quantisation and explicit output types stay with tract's op.
     let plain = node.get_attr_opt::<i64>("block_size")?.unwrap_or(0) == 0
         && node.get_attr_opt::<i64>("output_dtype")?.unwrap_or(0) == 0;
-    if !plain {
-        return Ok((op, extra));
-    }
     Ok((
         expand(ExactQuantize {
-            fallback: fallback.clone(),
+            fallback,
+            plain,
             axis: node.get_attr_opt::<i64>("axis")?.unwrap_or(1),
         }),
         extra,
@@ -61,6 +50,8 @@ fn quantize_linear(ctx: &ParsingContext, node: &NodeProto) -> BuilderResult {
 #[derive(Debug, Clone)]
 struct ExactQuantize {
     fallback: Box<dyn Expansion>,
+    /// No opset 21 `block_size` or `output_dtype`.
+    plain: bool,
     axis: i64,
 }
 
@@ -93,6 +84,9 @@ impl Expansion for ExactQuantize {
 
 impl ExactQuantize {
     fn build(&self, model: &TypedModel, inputs: &[OutletId]) -> TractResult<Option<QuantizeDiv>> {
+        if !self.plain {
+            return Ok(None);
+        }
         let x = model.outlet_fact(inputs[0])?;
         let Some(scale) = model.outlet_fact(inputs[1])?.konst.clone() else {
             return Ok(None);
