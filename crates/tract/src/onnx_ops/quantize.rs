@@ -224,8 +224,15 @@ impl EvalOp for QuantizeDiv {
         let plain = x.try_as_plain_ram()?;
         let xs = plain.as_slice::<f32>()?;
         let y = match self.dt {
-            DatumType::I8 => Tensor::from_shape(&shape, &self.quantize(xs, &shape, |v| v as i8))?,
-            _ => Tensor::from_shape(&shape, &self.quantize(xs, &shape, |v| v as u8))?,
+            // The vector becomes the tensor's storage (no copy).
+            DatumType::I8 => {
+                tract_ndarray::Array1::from_vec(self.quantize(xs, &shape, |v| v as i8))
+                    .into_tensor()
+                    .into_shape(&shape)?
+            }
+            _ => tract_ndarray::Array1::from_vec(self.quantize(xs, &shape, |v| v as u8))
+                .into_tensor()
+                .into_shape(&shape)?,
         };
         Ok(tvec!(y.into_tvalue()))
     }
