@@ -179,7 +179,8 @@ impl QuantizeDiv {
         })
     }
 
-    fn quantize<T: Datum>(&self, x: &[f32], shape: &[usize], cast: fn(f32) -> T) -> Vec<T> {
+    /// `cast` is a closure type, not a `fn` pointer: inlined, so the loop vectorises.
+    fn quantize<T: Datum, C: Fn(f32) -> T>(&self, x: &[f32], shape: &[usize], cast: C) -> Vec<T> {
         let (lo, hi) = match self.dt {
             DatumType::I8 => (i8::MIN as f32, i8::MAX as f32),
             _ => (u8::MIN as f32, u8::MAX as f32),
