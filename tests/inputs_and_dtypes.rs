@@ -120,6 +120,14 @@ fn expected(x: &[f32], shift: i64) -> (i64, Vec<bool>, Vec<f32>) {
     (best as i64, positive, shifted)
 }
 
+/// The manifest's `[files]` lines for what `write` wrote.
+fn files_table(files: &[(String, String)]) -> String {
+    files
+        .iter()
+        .map(|(f, h)| format!("\"{f}\" = \"{h}\"\n"))
+        .collect()
+}
+
 fn write(dir: &Path, rel: &str, bytes: &[u8], files: &mut Vec<(String, String)>) {
     let p = dir.join(rel);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -175,10 +183,7 @@ fn package(dir: &Path) {
              outputs = [\"golden/{i}.best.npy\", \"golden/{i}.positive.npy\", \"golden/{i}.shifted.npy\"]\n\n"
         ));
     }
-    let hashes: String = files
-        .iter()
-        .map(|(f, h)| format!("\"{f}\" = \"{h}\"\n"))
-        .collect();
+    let hashes = files_table(&files);
     let manifest = format!(
         r#"name = "inputs-and-dtypes"
 version = "1.0.0"
@@ -642,10 +647,7 @@ fn dynamic_package(dir: &Path, shape: (usize, usize), range: &str) {
             )
         })
         .collect();
-    let hashes: String = files
-        .iter()
-        .map(|(f, h)| format!("\"{f}\" = \"{h}\"\n"))
-        .collect();
+    let hashes = files_table(&files);
     let manifest = format!(
         r#"name = "dynamic"
 version = "1.0.0"
@@ -823,10 +825,7 @@ fn a_range_the_graph_cannot_take_is_refused_at_load() {
     write(&pkg, "golden/0.x.npy", &x, &mut files);
     let y = npy::to_bytes(&Tensor::new(vec![5], TensorData::F32(vec![1.0; 5])));
     write(&pkg, "golden/0.y.npy", &y, &mut files);
-    let hashes: String = files
-        .iter()
-        .map(|(f, h)| format!("\"{f}\" = \"{h}\"\n"))
-        .collect();
+    let hashes = files_table(&files);
     let manifest = |range: &str| {
         format!(
             "name = \"fixed-reshape\"\nversion = \"1.0.0\"\ndescription = \"d\"\n\n\

@@ -128,12 +128,9 @@ pub fn detect_in(
     let Some(spec) = &m.detection else {
         return Ok(Vec::new());
     };
-    let input = geometry_input(m);
-    let shape = input
-        .and_then(|i| m.inputs.iter().position(|s| s.name == i.name))
-        .and_then(|at| inputs.get(at))
-        .map(|t| t.shape.as_slice());
-    let geo = Geometry::new(input, shape, image)?;
+    let at = geometry_input(m);
+    let shape = at.and_then(|at| inputs.get(at)).map(|t| t.shape.as_slice());
+    let geo = Geometry::new(at.map(|at| &m.inputs[at]), shape, image)?;
     let candidates = decode(m, spec, outputs, &geo)?;
     let kept = nms(candidates, spec);
     Ok(kept
@@ -164,11 +161,12 @@ struct Candidate {
 /// The input whose tensor the boxes are measured in: the first image input (one with
 /// `preprocess`), else the first input. A detector has one image; any other inputs are
 /// side tensors (sizes, scale factors) that carry no geometry.
-fn geometry_input(m: &Manifest) -> Option<&InputSpec> {
+/// Its index in `m.inputs`.
+fn geometry_input(m: &Manifest) -> Option<usize> {
     m.inputs
         .iter()
-        .find(|i| i.preprocess.is_some())
-        .or_else(|| m.inputs.first())
+        .position(|i| i.preprocess.is_some())
+        .or_else(|| (!m.inputs.is_empty()).then_some(0))
 }
 
 /// The input tensor's size and how the source image sits in it.
