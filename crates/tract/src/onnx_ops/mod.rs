@@ -312,19 +312,9 @@ fn wire_quantize(
 ) -> TractResult<OutletId> {
     // Constant per-tensor parameters: one exact division (a wired `div()` becomes a
     // multiplication by the reciprocal when tract optimises, see `quantize`).
-    if rounding == Rounding::ThenAddZeroPoint
-        && model.outlet_fact(x)?.datum_type == f32::datum_type()
-    {
-        let konst = |o: OutletId| model.outlet_fact(o).map(|f| f.konst.clone());
-        let zp = match q.zero_point {
-            Some(z) => konst(z)?.map(Some),
-            None => Some(None),
-        };
-        if let (Some(scale), Some(zp)) = (konst(q.scale)?, zp) {
-            if scale.len() == 1 && scale.datum_type() == f32::datum_type() {
-                let op = quantize::QuantizeDiv::new(&scale, zp.as_deref(), dt, 0)?;
-                return Ok(model.wire_node(prefix, op, &[x])?[0]);
-            }
+    if rounding == Rounding::ThenAddZeroPoint {
+        if let Some(op) = quantize::exact(model, x, q.scale, q.zero_point, Some(dt), None)? {
+            return Ok(model.wire_node(prefix, op, &[x])?[0]);
         }
     }
     let x =

@@ -87,49 +87,67 @@ impl ExactQuantize {
         if !self.plain {
             return Ok(None);
         }
-        let x = model.outlet_fact(inputs[0])?;
-        let Some(scale) = model.outlet_fact(inputs[1])?.konst.clone() else {
-            return Ok(None);
-        };
-        let zp = match inputs.get(2) {
-            Some(&z) => match model.outlet_fact(z)?.konst.clone() {
-                Some(z) => Some(z),
-                None => return Ok(None),
-            },
-            None => None,
-        };
-        let dt = zp
-            .as_ref()
-            .map_or(DatumType::U8, |z| z.datum_type().unquantized());
-        if x.datum_type != f32::datum_type()
-            || scale.datum_type() != f32::datum_type()
-            || !matches!(dt, DatumType::U8 | DatumType::I8)
-        {
-            return Ok(None);
-        }
-        let axis = match scale.rank() {
-            0 => 0,
-            _ if scale.len() == 1 => 0,
-            1 => {
-                let rank = x.rank() as i64;
-                let axis = if self.axis < 0 {
-                    self.axis + rank
-                } else {
-                    self.axis
-                };
-                let channels = usize::try_from(axis)
-                    .ok()
-                    .and_then(|a| x.shape.get(a))
-                    .and_then(|d| d.to_usize().ok());
-                if channels != Some(scale.len()) {
-                    return Ok(None);
-                }
-                axis as usize
-            }
-            _ => return Ok(None),
-        };
-        QuantizeDiv::new(&scale, zp.as_deref(), dt, axis).map(Some)
+        exact(
+            model,
+            inputs[0],
+            inputs[1],
+            inputs.get(2).copied(),
+            None,
+            Some(self.axis),
+        )
     }
+}
+
+/// [`QuantizeDiv`] for quantising `x` by `scale` and `zero_point` when it applies: `x` is
+/// f32, the parameters are constants, f32 scales, a u8/i8 output (`dt`, else the zero
+/// point's type, else u8). `axis`: ONNX's per-axis quantisation (one scale per index along
+/// it); `None` accepts one scale only. Otherwise `None`, and the caller wires its own.
+pub(super) fn exact(
+    model: &TypedModel,
+    x: OutletId,
+    scale: OutletId,
+    zero_point: Option<OutletId>,
+    dt: Option<DatumType>,
+    axis: Option<i64>,
+) -> TractResult<Option<QuantizeDiv>> {
+    let x = model.outlet_fact(x)?;
+    let Some(scale) = model.outlet_fact(scale)?.konst.clone() else {
+        return Ok(None);
+    };
+    let zp = match zero_point {
+        Some(z) => match model.outlet_fact(z)?.konst.clone() {
+            Some(z) => Some(z),
+            None => return Ok(None),
+        },
+        None => None,
+    };
+    let dt = dt.unwrap_or_else(|| {
+        zp.as_ref()
+            .map_or(DatumType::U8, |z| z.datum_type().unquantized())
+    });
+    if x.datum_type != f32::datum_type()
+        || scale.datum_type() != f32::datum_type()
+        || !matches!(dt.unquantized(), DatumType::U8 | DatumType::I8)
+    {
+        return Ok(None);
+    }
+    let axis = match (scale.len(), scale.rank(), axis) {
+        (1, _, _) => 0,
+        (_, 1, Some(axis)) => {
+            let rank = x.rank() as i64;
+            let axis = if axis < 0 { axis + rank } else { axis };
+            let channels = usize::try_from(axis)
+                .ok()
+                .and_then(|a| x.shape.get(a))
+                .and_then(|d| d.to_usize().ok());
+            if channels != Some(scale.len()) {
+                return Ok(None);
+            }
+            axis as usize
+        }
+        _ => return Ok(None),
+    };
+    QuantizeDiv::new(&scale, zp.as_deref(), dt, axis).map(Some)
 }
 
 /// `saturate(round_half_to_even(x / scale[c]) + zero_point[c])` for f32 `x`, `c` the index
