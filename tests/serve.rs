@@ -4,217 +4,21 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use beltbox_tools::client::{Client, ClientResponse};
 use serde_json::{json, Value};
 
-const MODEL: &str = "digits-int8-qdq";
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    notify: UnixDatagram,
-    log: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    /// Starts `beltbox run` with `args` (plus a config file when given), waits for READY=1.
-    fn start(args: &[&str], config: Option<&str>, env: &[(&str, &str)]) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("notify.sock");
-        let notify = UnixDatagram::bind(&sock).unwrap();
-        notify
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_beltbox"));
-        cmd.arg("run").args(["--listen", "127.0.0.1:0"]).args(args);
-        if let Some(text) = config {
-            let path = dir.path().join("beltbox.toml");
-            std::fs::write(&path, text).unwrap();
-            cmd.arg("--config").arg(path);
-        }
-        cmd.current_dir(common::repo())
-            .env("RUST_LOG", "info")
-            .env("NOTIFY_SOCKET", &sock)
-            .env("BELTBOX_RUNTIME_DIR", dir.path())
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log2 = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let _ = tx.send(rest.trim().to_string());
-                }
-                log2.lock().unwrap().push(line);
-            }
-        });
-        let addr: SocketAddr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("no listen line; log: {:?}", log.lock().unwrap()))
-            .parse()
-            .unwrap();
-        let mut s = Server {
-            child,
-            addr,
-            notify,
-            log,
-            _dir: dir,
-        };
-        let msg = s.next_notification();
-        assert!(msg.starts_with("STATUS="), "first notification: {msg}");
-        loop {
-            let m = s.next_notification();
-            if m.starts_with("READY=1") {
-                assert!(m.contains("STATUS=serving"), "{m}");
-                break;
-            }
-        }
-        s
-    }
-
-    fn next_notification(&mut self) -> String {
-        let mut buf = [0u8; 4096];
-        let n = self.notify.recv(&mut buf).unwrap_or_else(|e| {
-            panic!("no notification ({e}); log: {:?}", self.log.lock().unwrap())
-        });
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
-
-    fn client(&self) -> Client {
-        Client::new(self.addr, Duration::from_secs(60))
-    }
-
-    fn metrics(&self) -> String {
-        let r = self.client().get("/metrics").unwrap();
-        assert_eq!(r.status, 200);
-        assert!(r
-            .header("content-type")
-            .unwrap()
-            .starts_with("text/plain; version=0.0.4"));
-        r.text()
-    }
-
-    /// SIGTERM; the process must drain and exit 0 within 15 s.
-    fn stop(mut self) -> Vec<String> {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "exit status {status}; log: {:?}",
-                    self.log.lock().unwrap()
-                );
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "did not stop within 15 s after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // Let the stderr reader drain.
-        std::thread::sleep(Duration::from_millis(100));
-        let mut seen = Vec::new();
-        self.notify
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = self.notify.recv(&mut buf) {
-            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-        assert!(
-            seen.iter().any(|m| m.starts_with("STOPPING=1")),
-            "no STOPPING=1 in {seen:?}"
-        );
-        let log = self.log.lock().unwrap().clone();
-        log
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Value of an unlabelled or labelled sample line in Prometheus text.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no `{series}` in metrics:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn golden() -> Vec<(PathBuf, usize)> {
-    let dir = common::models().join(MODEL);
-    common::golden_samples(MODEL)
-        .into_iter()
-        .map(|(input, label)| (dir.join(input), label as usize))
-        .collect()
-}
-
-/// A binary-extension request carrying one BYTES element (an encoded image).
-fn bytes_request(file: &[u8], extra_outputs: Value) -> (Vec<u8>, String) {
-    let mut req = json!({ "inputs": [{ "name": "input", "shape": [1], "datatype": "BYTES",
-        "parameters": { "binary_data_size": file.len() + 4 } }] });
-    if !extra_outputs.is_null() {
-        req["outputs"] = extra_outputs;
-    }
-    let header = serde_json::to_vec(&req).unwrap();
-    let mut body = header.clone();
-    body.extend_from_slice(&(file.len() as u32).to_le_bytes());
-    body.extend_from_slice(file);
-    (body, header.len().to_string())
-}
-
-fn post_binary(c: &mut Client, path: &str, body: &[u8], header_len: &str) -> ClientResponse {
-    c.request(
-        "POST",
-        path,
-        &[
-            ("Content-Type", "application/octet-stream"),
-            ("Inference-Header-Content-Length", header_len),
-        ],
-        body,
-    )
-    .unwrap()
-}
-
-type BadCase = (&'static str, u16, &'static str, Vec<u8>, Option<String>);
-
-const INFER: &str = "/v2/models/digits-int8-qdq/infer";
-
-fn tensor_request(shape: Value, datatype: &str, data: Value) -> Vec<u8> {
-    serde_json::to_vec(&json!({ "inputs": [{ "name": "input", "shape": shape, "datatype": datatype, "data": data }] })).unwrap()
-}
+use common::server::*;
 
 #[test]
 fn serves_kserve_v2_reports_metrics_refuses_bad_input_and_stops_on_sigterm() {
     let server = Server::start(
         &[],
-        Some("[limits]\nmax_body = \"64KiB\"\nmax_tensor_elements = 100000\nmax_json_depth = 16\n"),
+        Some("[memory]\nbudget = \"256MiB\"\n[limits]\nmax_body = \"64KiB\"\nmax_tensor_elements = 100000\nmax_json_depth = 16\n"),
         &[("WATCHDOG_USEC", "1000000")],
     );
     let mut c = server.client();
@@ -429,9 +233,30 @@ fn serves_kserve_v2_reports_metrics_refuses_bad_input_and_stops_on_sigterm() {
     );
     assert_eq!(metric(&m, "beltbox_request_duration_seconds_bucket{model=\"digits-int8-qdq\",stage=\"total\",le=\"+Inf\"}"), ok);
     assert_eq!(metric(&m, "beltbox_up"), 1.0);
+    // The service's budget (memory.budget), not the model's manifest ram_mib (64 MiB).
     assert_eq!(
         metric(&m, "beltbox_memory_budget_bytes"),
-        64.0 * 1024.0 * 1024.0
+        256.0 * 1024.0 * 1024.0
+    );
+    // Every inference answer for the model, good or bad, end to end; statuses by code.
+    assert_eq!(
+        metric(
+            &m,
+            "beltbox_request_e2e_seconds_count{model=\"digits-int8-qdq\"}"
+        ),
+        ok + 11.0
+    );
+    assert_eq!(
+        metric(&m, "beltbox_http_responses_total{code=\"413\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "beltbox_http_responses_total{code=\"400\"}"),
+        10.0
+    );
+    assert_eq!(
+        metric(&m, "beltbox_http_responses_total{code=\"404\"}"),
+        3.0
     );
     assert!(metric(&m, "beltbox_memory_heap_peak_bytes") > 0.0);
     assert!(m.contains("beltbox_model_info{model=\"digits-int8-qdq\",version=\"1.0.0\",sha256=\""));
@@ -522,34 +347,46 @@ fn many_clients_get_answers_or_explicit_503s_never_anything_else() {
 #[test]
 fn heap_stays_under_the_budget_when_requests_compete_for_memory() {
     // Plan total of the model, then a budget a little above it: the admission limit is
-    // what is left after loading, and big camera frames (UINT8 images, resized by the
-    // server) each reserve a large share of it.
+    // what is left after loading (and after what 16 connections may hold), and big
+    // camera frames (UINT8 images as JSON, resized by the server) each reserve a large
+    // share of it while they are decoded.
     let plan = common::json(&common::beltbox(&["plan", "--model", MODEL, "--json"]));
     let total = plan["total_bytes"].as_u64().unwrap();
     let runtime = plan["runtime_bytes"].as_u64().unwrap();
-    let budget = total + 8 * 1024 * 1024;
+    let budget = total + 9 * 1024 * 1024;
     let server = Server::start(
         &["--workers", "2", "--budget", &budget.to_string()],
         // Requests that find no memory are refused at once (1 ms wait), so the gate shows.
-        Some("[server]\nqueue_depth = 64\n[limits]\nmax_body = \"4MiB\"\nqueue_timeout_ms = 1\n"),
+        Some("[server]\nqueue_depth = 64\nmax_connections = 16\n[limits]\nmax_body = \"4MiB\"\nqueue_timeout_ms = 1\n"),
         &[],
     );
     let m = server.metrics();
     let limit = metric(&m, "beltbox_memory_admission_limit_bytes");
     let baseline = metric(&m, "beltbox_memory_heap_bytes");
-    // A frame whose reservation is about 40% of the limit: two fit, a third does not.
-    let side = (((limit * 0.4) / 16.0 / 4.0).sqrt()) as usize;
-    eprintln!("admission limit {limit}, baseline heap {baseline}, frame {side}x{side}");
+    // A gray camera frame (UINT8 through the binary extension) whose reservation once
+    // decoded is about 40% of the limit: the frame (1 byte a pixel) plus its
+    // preprocessing (u16 samples, the f32 plane: 6 bytes a pixel). Two fit, a third does
+    // not.
+    let side = ((limit * 0.4) / 7.0).sqrt() as usize;
     let frame: Vec<u8> = (0..side * side).map(|i| (i % 251) as u8).collect();
-    let body = Arc::new(tensor_request(json!([side, side]), "UINT8", json!(frame)));
+    let header = serde_json::to_vec(
+        &json!({ "inputs": [{ "name": "input", "shape": [side, side],
+        "datatype": "UINT8", "parameters": { "binary_data_size": frame.len() } }] }),
+    )
+    .unwrap();
+    let hl = Arc::new(header.len().to_string());
+    let mut body = header;
+    body.extend_from_slice(&frame);
+    let body = Arc::new(body);
+    eprintln!("admission limit {limit}, baseline heap {baseline}, frame {side}x{side}");
     let threads: Vec<_> = (0..8)
         .map(|_| {
-            let (body, addr) = (Arc::clone(&body), server.addr);
+            let (body, hl, addr) = (Arc::clone(&body), Arc::clone(&hl), server.addr);
             std::thread::spawn(move || {
                 let mut c = Client::new(addr, Duration::from_secs(60));
                 (0..6)
                     .map(|_| {
-                        let r = c.post_json(INFER, &body).unwrap();
+                        let r = post_binary(&mut c, INFER, &body, &hl);
                         // 503s come from the memory gate or (1 ms queue limit) the queue.
                         assert!(
                             r.status == 200 || r.status == 503,

@@ -54,6 +54,7 @@ struct RawServer {
     workers: Option<i64>,
     queue_depth: Option<i64>,
     max_connections: Option<i64>,
+    max_connections_per_peer: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +79,8 @@ struct RawLimits {
     max_json_depth: Option<i64>,
     request_timeout_ms: Option<i64>,
     queue_timeout_ms: Option<i64>,
+    header_timeout_ms: Option<i64>,
+    body_idle_timeout_ms: Option<i64>,
 }
 
 /// Where the service listens.
@@ -122,6 +125,8 @@ pub struct Config {
     pub workers: usize,
     pub queue_depth: usize,
     pub max_connections: usize,
+    /// Open connections one peer may hold (a TCP address, or a unix-socket client's uid).
+    pub max_connections_per_peer: usize,
     /// Package directories or bundled names; the first is the default model.
     pub models: Vec<String>,
     pub models_dir: Option<PathBuf>,
@@ -135,6 +140,11 @@ pub struct Config {
     pub max_json_depth: usize,
     pub request_timeout_ms: u64,
     pub queue_timeout_ms: u64,
+    /// A request's head (line + headers) must arrive within this of its connection
+    /// becoming idle; a keep-alive connection idle this long is closed.
+    pub header_timeout_ms: u64,
+    /// A body that makes no progress for this long is answered 408.
+    pub body_idle_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -143,7 +153,10 @@ impl Default for Config {
             listen: vec![Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 8080)))],
             workers: 1,
             queue_depth: 16,
-            max_connections: 64,
+            // Connections are cheap tasks, not threads: what bounds them is memory
+            // (~16 KiB of buffers each, docs/service.md) and the per-peer cap.
+            max_connections: 256,
+            max_connections_per_peer: 128,
             models: vec![DEFAULT_MODEL.to_string()],
             models_dir: None,
             threads: 1,
@@ -151,10 +164,13 @@ impl Default for Config {
             board: "auto".into(),
             state_dir: PathBuf::from("/var/lib/beltbox"),
             max_body_bytes: 8 * 1024 * 1024,
-            max_tensor_elements: 4 * 1024 * 1024,
+            // A 1920x1080 RGB frame is 6,220,800 elements (docs/service.md, "Camera frames").
+            max_tensor_elements: 8 * 1024 * 1024,
             max_json_depth: 32,
             request_timeout_ms: 10_000,
             queue_timeout_ms: 2_000,
+            header_timeout_ms: 5_000,
+            body_idle_timeout_ms: 5_000,
         }
     }
 }
@@ -209,6 +225,13 @@ impl Config {
                 65536,
                 d.max_connections as u64,
             )? as usize,
+            max_connections_per_peer: ranged(
+                "server.max_connections_per_peer",
+                raw.server.max_connections_per_peer,
+                1,
+                65536,
+                d.max_connections_per_peer as u64,
+            )? as usize,
             threads: ranged(
                 "models.threads",
                 raw.models.threads,
@@ -243,6 +266,20 @@ impl Config {
                 1,
                 3_600_000,
                 d.queue_timeout_ms,
+            )?,
+            header_timeout_ms: ranged(
+                "limits.header_timeout_ms",
+                raw.limits.header_timeout_ms,
+                100,
+                3_600_000,
+                d.header_timeout_ms,
+            )?,
+            body_idle_timeout_ms: ranged(
+                "limits.body_idle_timeout_ms",
+                raw.limits.body_idle_timeout_ms,
+                100,
+                3_600_000,
+                d.body_idle_timeout_ms,
             )?,
             ..d
         };
@@ -362,6 +399,24 @@ queue_timeout_ms = 100
         assert!(c
             .listen
             .contains(&Listen::Tcp(DEFAULT_LISTEN.parse().unwrap())));
+        // The file spells out the built-in limits (its comments explain them).
+        let d = Config::default();
+        let limits = |c: &Config| {
+            (
+                c.max_connections,
+                c.max_connections_per_peer,
+                c.max_body_bytes,
+                c.max_tensor_elements,
+                c.request_timeout_ms,
+                c.header_timeout_ms,
+                c.body_idle_timeout_ms,
+            )
+        };
+        assert_eq!(limits(&c), limits(&d));
+        // A 1920x1080 RGB camera frame fits them as binary UINT8 (plus its JSON header).
+        let frame = 1920 * 1080 * 3;
+        assert!(frame <= c.max_tensor_elements);
+        assert!(frame + 4096 <= c.max_body_bytes as u64);
     }
 
     #[test]

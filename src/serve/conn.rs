@@ -1,197 +1,285 @@
-//! One client connection: read requests (with deadlines), hand each to the router
-//! ([`super::router`]), write the answer. Runs on its own thread; at most
-//! `server.max_connections` of these exist.
+//! Connections: one current-thread tokio runtime (the `beltbox-http` thread) accepts on
+//! every listener and serves each connection as a task with hyper's HTTP/1.1; the caps
+//! on open connections, in total and per peer; the graceful drain on SIGTERM.
 //!
-//! Slow clients: every request must arrive completely within `limits.request_timeout_ms`
-//! of its first byte (a deadline, not a per-read timeout, so trickling bytes does not
-//! extend it), and its memory is reserved before its body is read. Workers never wait
-//! on a client: a job reaches the queue only once its request is fully decoded.
+//! Why one thread: a connection is a task of a few KiB, not a thread, so slow or idle
+//! clients hold only their own slot, never a worker or a thread; the work that costs CPU
+//! (inference) runs on the worker pool behind the bounded queue. Request decoding runs on
+//! this thread (it is bounded by `limits.max_body` and the JSON limits).
+//!
+//! Slow clients: the head must arrive within `limits.header_timeout_ms` (hyper's header
+//! timer, also the keep-alive idle limit), a body may pause at most
+//! `limits.body_idle_timeout_ms` and must be complete within `limits.request_timeout_ms`
+//! (`http::read_body`). A peer (TCP address, or the uid of a unix-socket client) holds at
+//! most `server.max_connections_per_peer` connections and all peers together
+//! `server.max_connections`; a connection over a cap gets a 503 and is closed.
+//!
+//! Shutdown: the stop signal closes every listener at once (new connections are refused
+//! by the kernel, a unix socket's file is removed), idle connections close, requests in
+//! flight finish and their connections then close (hyper's graceful shutdown).
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::os::unix::net::UnixStream;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::os::unix::net::UnixListener as StdUnixListener;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::http::{self, HttpError, Response};
-use super::router::handle;
-use super::Shared;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
 
-/// How often a connection waiting for its next request checks for shutdown.
-const POLL: Duration = Duration::from_millis(200);
+use super::{router, Shared};
 
-pub(crate) enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
+/// Largest request head (line + headers); a larger one gets 431 from hyper.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// hyper's read buffer: bodies stream through it in pieces of at most this size.
+pub const READ_BUFFER_BYTES: usize = 32 * 1024;
+/// Heap one open connection may hold outside its request's reservation: hyper's read
+/// buffer, its write queue and state, the task. Set aside from the request memory for
+/// every connection `server.max_connections` allows (`super::gate_limit`).
+pub const CONNECTION_BYTES: u64 = 48 * 1024;
+
+/// A bound listener, before the runtime takes it.
+pub(crate) enum Listener {
+    Tcp(std::net::TcpListener),
+    Unix(StdUnixListener, PathBuf),
 }
 
-impl Stream {
-    fn try_clone(&self) -> io::Result<Stream> {
-        Ok(match self {
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+/// Who a connection belongs to, for the per-peer cap.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Peer {
+    Ip(IpAddr),
+    Uid(u32),
+    Unknown,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Ip(ip) => write!(f, "address {ip}"),
+            Peer::Uid(uid) => write!(f, "uid {uid}"),
+            Peer::Unknown => write!(f, "an unidentified peer"),
+        }
+    }
+}
+
+/// Open connections per peer.
+#[derive(Default)]
+pub(crate) struct Peers(Mutex<HashMap<Peer, usize>>);
+
+/// One open connection's place in the caps; released on drop.
+struct Slot {
+    shared: Arc<Shared>,
+    peer: Peer,
+}
+
+impl Slot {
+    fn take(shared: &Arc<Shared>, peer: Peer) -> Result<Slot, String> {
+        let cfg = &shared.cfg;
+        let mut peers = shared.peers.0.lock().unwrap_or_else(|p| p.into_inner());
+        let open = shared.metrics.connections_open.load(Relaxed);
+        if open >= cfg.max_connections as u64 {
+            return Err(format!(
+                "too many connections: {open} open (server.max_connections = {})",
+                cfg.max_connections
+            ));
+        }
+        let mine = peers.entry(peer.clone()).or_insert(0);
+        if *mine >= cfg.max_connections_per_peer {
+            return Err(format!(
+                "too many connections from {peer}: {mine} open (server.max_connections_per_peer = {})",
+                cfg.max_connections_per_peer
+            ));
+        }
+        *mine += 1;
+        shared.metrics.connections_open.fetch_add(1, Relaxed);
+        Ok(Slot {
+            shared: Arc::clone(shared),
+            peer,
         })
     }
-
-    fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_read_timeout(d),
-            Stream::Unix(s) => s.set_read_timeout(d),
-        }
-    }
-
-    fn set_write_timeout(&self, d: Option<Duration>) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_write_timeout(d),
-            Stream::Unix(s) => s.set_write_timeout(d),
-        }
-    }
 }
 
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.flush(),
-            Stream::Unix(s) => s.flush(),
-        }
-    }
-}
-
-/// Reads with an absolute deadline (or short polls between requests).
-pub(super) struct DeadlineReader {
-    inner: Stream,
-    deadline: Option<Instant>,
-}
-
-impl Read for DeadlineReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let wait = match self.deadline {
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(io::ErrorKind::TimedOut.into());
-                }
-                left
-            }
-            None => POLL,
-        };
-        self.inner.set_read_timeout(Some(wait))?;
-        self.inner.read(buf)
-    }
-}
-
-/// Counts the connection as open for as long as it lives.
-struct OpenGuard<'a>(&'a Shared);
-
-impl Drop for OpenGuard<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.metrics.connections_open.fetch_sub(1, Relaxed);
-    }
-}
-
-pub(crate) fn spawn(shared: &Arc<Shared>, mut stream: Stream) {
-    let open = shared.metrics.connections_open.fetch_add(1, Relaxed);
-    if open >= shared.cfg.max_connections as u64 {
-        shared.metrics.connections_open.fetch_sub(1, Relaxed);
-        shared.metrics.connections_refused.fetch_add(1, Relaxed);
-        let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
-        let _ = Response::error(
-            503,
-            &format!(
-                "too many connections (server.max_connections = {})",
-                shared.cfg.max_connections
-            ),
-        )
-        .with_header("Retry-After", "1")
-        .write_to(&mut stream, false, false);
-        return;
-    }
-    let s = Arc::clone(shared);
-    let spawned = std::thread::Builder::new()
-        .name("beltbox-conn".into())
-        .spawn(move || {
-            let _guard = OpenGuard(&s);
-            if let Err(e) = serve(&s, stream) {
-                log::debug!("connection ended: {e}");
-            }
-        });
-    if let Err(e) = spawned {
-        shared.metrics.connections_open.fetch_sub(1, Relaxed);
-        log::warn!("cannot start a connection thread: {e}");
-    }
-}
-
-fn serve(shared: &Shared, stream: Stream) -> io::Result<()> {
-    let timeout = Duration::from_millis(shared.cfg.request_timeout_ms);
-    stream.set_write_timeout(Some(timeout))?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::with_capacity(
-        16 * 1024,
-        DeadlineReader {
-            inner: stream,
-            deadline: None,
-        },
-    );
-    let limits = http::Limits {
-        max_body_bytes: shared.cfg.max_body_bytes,
-        ..http::Limits::default()
-    };
-    loop {
-        // Idle between requests: poll so shutdown and the idle limit are noticed.
-        reader.get_mut().deadline = None;
-        let idle_until = Instant::now() + timeout;
-        loop {
-            match reader.fill_buf() {
-                Ok([]) => return Ok(()),
-                Ok(_) => break,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    if shared.stopping.load(Relaxed) || Instant::now() >= idle_until {
-                        return Ok(());
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        let mut peers = self
+            .shared
+            .peers
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = peers.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                peers.remove(&self.peer);
             }
         }
-        reader.get_mut().deadline = Some(Instant::now() + timeout);
-        let head = match http::read_head(&mut reader, &limits) {
-            Ok(h) => h,
-            Err(e) => return answer_http_error(shared, &mut writer, &e),
-        };
-        let (resp, reusable) = handle(shared, &head, &mut reader, &mut writer, &limits);
-        let keep = reusable && head.keep_alive() && !shared.stopping.load(Relaxed);
-        resp.write_to(&mut writer, keep, head.method == "HEAD")?;
-        if !keep {
-            return Ok(());
-        }
+        self.shared.metrics.connections_open.fetch_sub(1, Relaxed);
     }
 }
 
-fn answer_http_error(shared: &Shared, w: &mut Stream, e: &HttpError) -> io::Result<()> {
-    if let Some(status) = e.status() {
-        shared.metrics.unrouted.fetch_add(1, Relaxed);
-        Response::error(status, &e.to_string()).write_to(w, false, false)?;
-    }
+/// Runs the HTTP side until `stop` turns true and the open connections have drained (or
+/// `drain` has passed). Blocks the calling thread.
+pub(crate) fn run(
+    shared: Arc<Shared>,
+    listeners: Vec<Listener>,
+    stop: watch::Receiver<bool>,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    rt.block_on(async move {
+        let mut accepting = tokio::task::JoinSet::new();
+        for l in listeners {
+            accepting.spawn(accept_loop(Arc::clone(&shared), l, stop.clone()));
+        }
+        while accepting.join_next().await.is_some() {}
+        // Listeners are closed; connections finish what is in flight.
+        let until = Instant::now() + drain;
+        while shared.metrics.connections_open.load(Relaxed) > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = shared.metrics.connections_open.load(Relaxed);
+        if left > 0 {
+            log::warn!("{left} connection(s) still open after the drain period; closing them");
+        }
+    });
     Ok(())
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone: the service is ending either way.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: Listener, mut stop: watch::Receiver<bool>) {
+    match listener {
+        Listener::Tcp(std) => {
+            let l = match std
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(std))
+            {
+                Ok(l) => l,
+                Err(e) => return log::error!("cannot use the TCP listener: {e}"),
+            };
+            loop {
+                tokio::select! {
+                    r = l.accept() => match r {
+                        Ok((s, addr)) => {
+                            let _ = s.set_nodelay(true);
+                            admit(&shared, Peer::Ip(addr.ip()), s, &stop);
+                        }
+                        Err(e) => backoff(e).await,
+                    },
+                    () = stopped(&mut stop) => break,
+                }
+            }
+            // Dropping the listener closes it: new connections are refused from here.
+        }
+        Listener::Unix(std, path) => {
+            let l = match std
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::UnixListener::from_std(std))
+            {
+                Ok(l) => l,
+                Err(e) => return log::error!("cannot use the unix listener: {e}"),
+            };
+            loop {
+                tokio::select! {
+                    r = l.accept() => match r {
+                        Ok((s, _)) => {
+                            let peer = s.peer_cred().map(|c| Peer::Uid(c.uid())).unwrap_or(Peer::Unknown);
+                            admit(&shared, peer, s, &stop);
+                        }
+                        Err(e) => backoff(e).await,
+                    },
+                    () = stopped(&mut stop) => break,
+                }
+            }
+            drop(l);
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// EMFILE and friends: back off instead of spinning.
+async fn backoff(e: std::io::Error) {
+    log::warn!("accept failed: {e}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+fn admit<S>(shared: &Arc<Shared>, peer: Peer, stream: S, stop: &watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match Slot::take(shared, peer) {
+        Ok(slot) => {
+            tokio::spawn(serve(Arc::clone(shared), stream, slot, stop.clone()));
+        }
+        Err(reason) => {
+            shared.metrics.connections_refused.fetch_add(1, Relaxed);
+            shared.metrics.record_status(503);
+            tokio::spawn(refuse(stream, reason));
+        }
+    }
+}
+
+/// Answers a connection over a cap with 503, then lingers briefly reading what the
+/// client sends, so it reads the status instead of a reset.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, reason: String) {
+    let body = serde_json::json!({ "error": reason }).to_string();
+    let text = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let linger = async {
+        stream.write_all(text.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut buf = [0u8; 4096];
+        while stream.read(&mut buf).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), linger).await;
+}
+
+async fn serve<S>(shared: Arc<Shared>, stream: S, slot: Slot, mut stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = {
+        let shared = Arc::clone(&shared);
+        hyper::service::service_fn(move |req| {
+            let shared = Arc::clone(&shared);
+            async move { Ok::<_, Infallible>(router::handle(shared, req).await) }
+        })
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(shared.cfg.header_timeout_ms))
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_buf_size(READ_BUFFER_BYTES)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        // Malformed requests hyper answered itself (400, 431...), resets, timeouts.
+        if e.is_parse() || e.is_parse_status() {
+            shared.metrics.unrouted.fetch_add(1, Relaxed);
+        }
+        log::debug!("connection ended: {e}");
+    }
+    drop(slot);
 }

@@ -261,6 +261,20 @@ pub fn split_body<'a>(
     }
 }
 
+/// Most elements a BYTES input may have (the models take one encoded file per input).
+pub const MAX_BYTES_ELEMENTS: usize = 16;
+
+/// An upper bound of the heap [`decode_request`] allocates for a body of `body_len`
+/// bytes whose JSON part is `json_len` bytes (the rest binary): a JSON element takes at
+/// least 2 bytes (`0,`) and becomes at most 8 (INT64, FP64), in a vector that may have
+/// doubled (so 8x the JSON); binary data is copied once; BYTES strings are capped at
+/// [`MAX_BYTES_ELEMENTS`]; plus the parsed envelope.
+pub fn decoded_bound(body_len: u64, json_len: Option<u64>) -> u64 {
+    let json = json_len.unwrap_or(body_len).min(body_len);
+    let binary = body_len - json;
+    8 * json + binary + MAX_BYTES_ELEMENTS as u64 * 64 + 16 * 1024
+}
+
 /// Parses an inference request (JSON part + binary tail).
 pub fn decode_request(
     json_part: &[u8],
@@ -606,8 +620,12 @@ impl<'de> Visitor<'de> for Flatten<'_> {
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
         match self.out {
             Elements::Bytes(o) => {
-                if o.len() as u64 >= self.limit {
-                    return Err(E::custom(format!("more than {} elements", self.limit)));
+                // A BYTES input carries encoded files, one per request; many tiny strings
+                // would cost ~50 bytes of heap per 3 bytes of JSON (decoded_bound).
+                if o.len() >= MAX_BYTES_ELEMENTS {
+                    return Err(E::custom(format!(
+                        "more than {MAX_BYTES_ELEMENTS} BYTES elements (each is one encoded file)"
+                    )));
                 }
                 o.push(v.as_bytes().to_vec());
                 Ok(())

@@ -91,6 +91,9 @@ pub struct ModelMetrics {
     outcomes: [AtomicU64; 4],
     /// One histogram per [`Stage::ALL`] entry, in that order.
     stages: [Histogram; 5],
+    /// End to end, every answered inference request: request head parsed -> response
+    /// handed to the socket (HTTP, body, decoding, queue, run, encoding).
+    e2e: Histogram,
 }
 
 impl ModelMetrics {
@@ -102,6 +105,10 @@ impl ModelMetrics {
         self.outcomes[o as usize].fetch_add(1, Relaxed);
     }
 
+    pub fn observe_e2e_us(&self, us: u64) {
+        self.e2e.observe_us(us);
+    }
+
     pub fn record_stages(&self, t: &StageTimings) {
         for (h, s) in self.stages.iter().zip(Stage::ALL) {
             h.observe_us(t.get(s));
@@ -109,9 +116,17 @@ impl ModelMetrics {
     }
 }
 
+/// The statuses the service answers with, counted one by one; anything else is `other`.
+pub const STATUSES: [u16; 14] = [
+    200, 400, 404, 405, 408, 411, 413, 415, 431, 500, 501, 503, 505, 0,
+];
+
 /// Server-wide counters that belong to no model.
 #[derive(Debug, Default)]
 pub struct ServerMetrics {
+    /// Responses per [`STATUSES`] entry (hyper's own answers to malformed HTTP are
+    /// counted in `unrouted`, not here).
+    statuses: [AtomicU64; STATUSES.len()],
     /// Requests for unknown routes or models, malformed HTTP.
     pub unrouted: AtomicU64,
     /// Connections refused because `max_connections` were open.
@@ -119,6 +134,23 @@ pub struct ServerMetrics {
     pub connections_open: AtomicU64,
     pub queue_depth: AtomicU64,
     pub in_flight: AtomicU64,
+}
+
+impl ServerMetrics {
+    pub fn record_status(&self, status: u16) {
+        let i = STATUSES
+            .iter()
+            .position(|&s| s == status)
+            .unwrap_or(STATUSES.len() - 1);
+        self.statuses[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn status_count(&self, status: u16) -> u64 {
+        STATUSES
+            .iter()
+            .position(|&s| s == status)
+            .map_or(0, |i| self.statuses[i].load(Relaxed))
+    }
 }
 
 /// A sample for [`render`]: one labelled model.
@@ -198,6 +230,31 @@ pub fn render(server: &ServerMetrics, models: &[ModelSample<'_>], g: &Gauges) ->
             h.render(&mut out, "beltbox_request_duration_seconds", &l);
         }
     }
+    out.family(
+        "beltbox_request_e2e_seconds",
+        Kind::Histogram,
+        "Inference requests end to end, every status: request head parsed -> response handed to the socket.",
+    );
+    for m in models {
+        let l = prom::labels(&[("model", m.name)]);
+        m.metrics
+            .e2e
+            .render(&mut out, "beltbox_request_e2e_seconds", &l);
+    }
+    out.family(
+        "beltbox_http_responses_total",
+        Kind::Counter,
+        "HTTP responses by status code, every route (code=\"other\" for the rest).",
+    );
+    for (code, n) in STATUSES.iter().zip(&server.statuses) {
+        let code = if *code == 0 {
+            "other".to_string()
+        } else {
+            code.to_string()
+        };
+        let l = prom::labels(&[("code", code.as_str())]);
+        out.sample("beltbox_http_responses_total", &l, n.load(Relaxed));
+    }
     out.single(
         "beltbox_queue_depth",
         Kind::Gauge,
@@ -231,7 +288,7 @@ pub fn render(server: &ServerMetrics, models: &[ModelSample<'_>], g: &Gauges) ->
     out.single(
         "beltbox_connections_refused_total",
         Kind::Counter,
-        "Connections answered 503 because max_connections were open.",
+        "Connections answered 503 because server.max_connections (or max_connections_per_peer) were open.",
         server.connections_refused.load(Relaxed),
     );
     if let Some((cur, peak)) = g.heap_bytes {
@@ -252,7 +309,7 @@ pub fn render(server: &ServerMetrics, models: &[ModelSample<'_>], g: &Gauges) ->
         out.single(
             "beltbox_memory_budget_bytes",
             Kind::Gauge,
-            "RAM budget the service enforces (strictest of config, board and manifests).",
+            "RAM budget of the whole service (memory.budget or the board's share): bounds the models and every request buffer.",
             b,
         );
     }

@@ -1,24 +1,25 @@
-//! The service (`beltbox run`): KServe v2 over HTTP/1.1 on TCP and/or a unix socket, a
-//! bounded queue in front of a fixed pool of inference workers, RAM admission, Prometheus
-//! metrics, and the systemd protocol (READY, STATUS, WATCHDOG, STOPPING).
+//! The service (`beltbox run`): KServe v2 over HTTP/1.1 (hyper) on TCP and/or a unix
+//! socket, a bounded queue in front of a fixed pool of inference workers, RAM admission,
+//! Prometheus metrics, and the systemd protocol (READY, STATUS, WATCHDOG, STOPPING).
 //!
 //! | module | concern | I/O? |
 //! |---|---|---|
 //! | [`config`] | `beltbox.toml`, strict, errors name the key | file |
-//! | [`http`] | HTTP/1.1 framing with limits | bytes |
+//! | [`http`] | around hyper: bodies under the memory gate, Content-Encoding, responses | bytes |
 //! | [`kserve`] | the protocol: decode requests, map to the model input, encode responses | no |
 //! | [`metrics`] | counters, histograms, Prometheus text | no |
 //! | [`systemd`] | sd_notify and the watchdog interval | socket |
-//! | [`conn`] | one client connection: read requests with deadlines, write answers | socket |
+//! | [`conn`] | the HTTP runtime: listeners, connection caps, graceful drain | socket |
 //! | [`router`] | the routes: KServe v2 endpoints, `/metrics`; inference admission and queueing | no |
 //! | [`supervisor`] | watchdog pings, thermal sample, `STATUS=` every second | no |
 //! | [`worker`] | the queue and the inference workers | model |
 //!
-//! Threads: one acceptor per listener, one thread per open connection (at most
-//! `max_connections`), `workers` inference workers, one supervisor (watchdog, thermal,
-//! status), one signal thread. A request's life: connection thread reads and decodes it
-//! (after reserving its memory), queues it (503 when full), a worker preprocesses, runs
-//! and postprocesses it, the connection thread encodes and writes the answer.
+//! Threads: one HTTP thread (a current-thread tokio runtime: every listener and every
+//! connection are tasks on it), `workers` inference workers, one supervisor (watchdog,
+//! thermal, status), one signal thread. A request's life: the HTTP thread reads its body
+//! (reserving memory as bytes arrive), decodes it, reserves what its tensors and their
+//! preprocessing take and queues it (503 when full); a worker preprocesses, runs and
+//! postprocesses it; the HTTP thread encodes and writes the answer.
 
 pub mod config;
 mod conn;
@@ -30,7 +31,7 @@ mod supervisor;
 pub mod systemd;
 mod worker;
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -39,7 +40,6 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use beltbox_core::board;
-use beltbox_core::manifest::Manifest;
 use beltbox_core::memory::admission::Gate;
 use beltbox_core::memory::budget::human;
 use beltbox_core::memory::{self, Budget, BudgetSource, Plan};
@@ -110,17 +110,6 @@ impl ServedModel {
     pub fn version(&self) -> String {
         self.model.manifest().version.to_string()
     }
-
-    /// Bytes reserved for a request whose body is `body_bytes` long: the body, an upper
-    /// bound on what decoding makes of it (an element takes at least one body byte and
-    /// at most 4 bytes decoded; a decoded image sample costs a u16 plus the f32
-    /// conversion and resize buffers — 16x covers both), plus the plan's per-request
-    /// activations and preprocessing.
-    pub fn request_bytes(&self, body_bytes: u64) -> u64 {
-        body_bytes
-            .saturating_mul(16)
-            .saturating_add(self.model.plan.per_request_bytes())
-    }
 }
 
 /// State every thread sees.
@@ -141,6 +130,10 @@ pub(crate) struct Shared {
     /// Per worker: ms since `started` of its last sign of life.
     pub heartbeats: Vec<AtomicU64>,
     pub notifier: systemd::Notifier,
+    /// Open connections per peer (the per-peer cap).
+    pub peers: conn::Peers,
+    /// Turned true once to stop: the HTTP side closes its listeners and drains.
+    pub stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -162,20 +155,23 @@ impl Shared {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Relaxed) && !self.stopping.load(Relaxed)
     }
+
+    /// Starts the drain: not ready any more, listeners close, connections finish.
+    fn begin_stop(&self) {
+        self.stopping.store(true, Relaxed);
+        self.stop.send_replace(true);
+    }
 }
 
-enum Listener {
-    Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
-}
-
-fn bind(l: &Listen) -> Result<Listener, ServeError> {
+fn bind(l: &Listen) -> Result<conn::Listener, ServeError> {
     let bind_err = |source| ServeError::Bind {
         addr: l.to_string(),
         source,
     };
     match l {
-        Listen::Tcp(addr) => TcpListener::bind(addr).map(Listener::Tcp).map_err(bind_err),
+        Listen::Tcp(addr) => TcpListener::bind(addr)
+            .map(conn::Listener::Tcp)
+            .map_err(bind_err),
         Listen::Unix(path) => {
             if path.exists() {
                 // A live server answers a connect; a stale socket file from a crash
@@ -186,57 +182,16 @@ fn bind(l: &Listen) -> Result<Listener, ServeError> {
                 std::fs::remove_file(path).map_err(bind_err)?;
             }
             UnixListener::bind(path)
-                .map(|s| Listener::Unix(s, path.clone()))
+                .map(|s| conn::Listener::Unix(s, path.clone()))
                 .map_err(bind_err)
         }
     }
 }
 
-/// Connects to a listener once so its blocking `accept` returns and sees `stopping`.
-fn wake(l: &Listener) {
-    match l {
-        Listener::Tcp(t) => {
-            if let Ok(mut addr) = t.local_addr() {
-                if addr.ip().is_unspecified() {
-                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-                }
-                let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(500));
-            }
-        }
-        Listener::Unix(_, path) => {
-            let _ = UnixStream::connect(path);
-        }
-    }
-}
-
-fn accept_loop(shared: Arc<Shared>, listener: Arc<Listener>) {
-    loop {
-        let stream = match &*listener {
-            Listener::Tcp(t) => t.accept().map(|(s, _)| {
-                let _ = s.set_nodelay(true);
-                conn::Stream::Tcp(s)
-            }),
-            Listener::Unix(u, _) => u.accept().map(|(s, _)| conn::Stream::Unix(s)),
-        };
-        if shared.stopping.load(Relaxed) {
-            return;
-        }
-        match stream {
-            Ok(s) => conn::spawn(&shared, s),
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                log::warn!("accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
-
-/// The operator's and the board's budgets; each model adds its manifest's as it is
-/// loaded (see [`load_models`]).
-fn service_budgets(
-    cfg: &Config,
-) -> Result<(Option<Budget>, Option<board::BoardProfile>), ServeError> {
+/// The service's own budget: the operator's (`memory.budget`, `--budget`) or the board
+/// profile's AI share, the stricter of the two. It bounds the models together and every
+/// request buffer; each model's manifest `ram_mib` bounds that model alone.
+fn service_budget(cfg: &Config) -> Result<Option<Budget>, ServeError> {
     let operator = cfg
         .budget
         .as_ref()
@@ -246,7 +201,8 @@ fn service_budgets(
     } else {
         Some(board::profile(&cfg.board)?)
     };
-    Ok((operator, board))
+    let all = memory::budget::applicable(operator, &[], board.as_ref());
+    Ok(memory::strictest(&all).cloned())
 }
 
 fn over(what: String, need: u64, b: &Budget, detail: String) -> ServeError {
@@ -270,18 +226,16 @@ struct Tally {
 }
 
 impl Tally {
-    /// Adds `plan` and refuses it when the total would exceed the strictest budget.
+    /// Adds `plan`, refusing it when the model alone exceeds its manifest's budget or
+    /// all models together exceed the service's.
     fn admit(
         &mut self,
         plan: &Plan,
-        bound: Option<&Budget>,
+        model_budget: &Budget,
+        service: Option<&Budget>,
         workers: usize,
     ) -> Result<(), ServeError> {
-        let heap = self.heap + plan.model_bytes();
-        let runtime = self.runtime.max(plan.runtime_bytes);
-        let per_request = self.per_request.max(plan.per_request_bytes());
-        let extra = workers.saturating_sub(1);
-        let need = heap + runtime + extra as u64 * per_request;
+        let extra = workers.saturating_sub(1) as u64;
         log::info!(
             "RAM plan of {} {}: {} (weights {}, activations {}, per request {})",
             plan.model,
@@ -291,7 +245,26 @@ impl Tally {
             human(plan.activation_bytes),
             human(plan.per_request_bytes())
         );
-        if let Some(b) = bound {
+        let alone = plan.model_bytes() + plan.runtime_bytes + extra * plan.per_request_bytes();
+        if alone > model_budget.bytes {
+            return Err(over(
+                format!("loading {} with {workers} worker(s)", plan.model),
+                alone,
+                model_budget,
+                format!(
+                    "model heap {} + runtime {} + {extra} extra worker(s) x {} per request; run `beltbox plan --model {}` for the breakdown",
+                    human(plan.model_bytes()),
+                    human(plan.runtime_bytes),
+                    human(plan.per_request_bytes()),
+                    plan.model
+                ),
+            ));
+        }
+        let heap = self.heap + plan.model_bytes();
+        let runtime = self.runtime.max(plan.runtime_bytes);
+        let per_request = self.per_request.max(plan.per_request_bytes());
+        let need = heap + runtime + extra * per_request;
+        if let Some(b) = service {
             if need > b.bytes {
                 return Err(over(
                     format!("loading {} (with {} model(s) before it and {workers} worker(s))", plan.model, self.models),
@@ -322,13 +295,20 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
     let notifier = systemd::Notifier::from_env();
     notifier.status("starting: binding listeners");
     // Bind first: a taken port fails in milliseconds, not after a model load.
-    let listeners: Vec<Arc<Listener>> = cfg
-        .listen
-        .iter()
-        .map(|l| bind(l).map(Arc::new))
-        .collect::<Result<_, _>>()?;
+    let listeners: Vec<conn::Listener> = cfg.listen.iter().map(bind).collect::<Result<_, _>>()?;
+    for l in &listeners {
+        match l {
+            conn::Listener::Tcp(t) => match t.local_addr() {
+                Ok(a) => log::info!("listening on http://{a}"),
+                Err(e) => log::warn!("listening on a TCP socket whose address is unknown: {e}"),
+            },
+            conn::Listener::Unix(_, p) => log::info!("listening on unix:{}", p.display()),
+        }
+    }
 
     let (tx, rx) = std::sync::mpsc::sync_channel(cfg.queue_depth);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let drain = Duration::from_millis(cfg.request_timeout_ms + 5_000);
     let shared = Arc::new(Shared {
         heartbeats: (0..cfg.workers).map(|_| AtomicU64::new(0)).collect(),
         cfg,
@@ -344,31 +324,20 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
         windows: Mutex::new(LatencyWindows::new(WindowConfig::default())),
         throttle: Mutex::new(None),
         notifier,
+        peers: conn::Peers::default(),
+        stop,
     });
-    let signals = install_signals(&shared, &listeners)?;
-    // Accept from the start: health and metrics answer while models load (ready = 503).
-    let acceptors: Vec<_> = listeners
-        .iter()
-        .map(|l| {
-            let (s, l) = (Arc::clone(&shared), Arc::clone(l));
-            std::thread::Builder::new()
-                .name("beltbox-accept".into())
-                .spawn(move || accept_loop(s, l))
-        })
-        .collect::<Result<_, _>>()
-        .map_err(ServeError::Signals)?;
-    for l in &listeners {
-        match &**l {
-            Listener::Tcp(t) => match t.local_addr() {
-                Ok(a) => log::info!("listening on http://{a}"),
-                Err(e) => log::warn!("listening on a TCP socket whose address is unknown: {e}"),
-            },
-            Listener::Unix(_, p) => log::info!("listening on unix:{}", p.display()),
-        }
-    }
+    let signals = install_signals(&shared)?;
+    // Serve from the start: health and metrics answer while models load (ready = 503).
+    let http = {
+        let s = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("beltbox-http".into())
+            .spawn(move || conn::run(s, listeners, stop_rx, drain))
+            .map_err(ServeError::Signals)?
+    };
 
-    let loaded = load_models(&shared);
-    let supervisor = match loaded {
+    let workers = match load_models(&shared) {
         Ok(()) => {
             let rx = Arc::new(Mutex::new(rx));
             let workers = worker::start(&shared, rx).map_err(ServeError::Signals)?;
@@ -386,43 +355,29 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
             let msg = format!("serving {} on {}", names.join(", "), listen.join(", "));
             log::info!("ready: {msg}");
             shared.notifier.notify(&format!("READY=1\nSTATUS={msg}"));
-            Some((workers, sup))
+            (workers, sup)
         }
         Err(e) => {
-            shared.stopping.store(true, Relaxed);
-            for l in &listeners {
-                wake(l);
-            }
-            for a in acceptors {
-                let _ = a.join();
-            }
-            cleanup(&listeners);
+            shared.begin_stop();
+            let _ = http.join();
             return Err(e);
         }
     };
 
     let _ = signals.join();
-    // Stopping: acceptors have been woken; let open connections finish their request.
-    for a in acceptors {
-        let _ = a.join();
-    }
-    let drain_deadline =
-        Instant::now() + Duration::from_millis(shared.cfg.request_timeout_ms + 5_000);
-    while shared.metrics.connections_open.load(Relaxed) > 0 && Instant::now() < drain_deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let left = shared.metrics.connections_open.load(Relaxed);
-    if left > 0 {
-        log::warn!("{left} connection(s) still open after the drain period; exiting anyway");
+    // Stopping: the HTTP side has closed its listeners; it returns once the open
+    // connections have finished their requests (or the drain period is over).
+    match http.join() {
+        Ok(Err(e)) => log::error!("the HTTP runtime failed: {e}"),
+        Err(_) => log::error!("the HTTP thread panicked"),
+        Ok(Ok(())) => {}
     }
     shared.workers_stop.store(true, Relaxed);
-    if let Some((workers, sup)) = supervisor {
-        for w in workers {
-            let _ = w.join();
-        }
-        let _ = sup.join();
+    let (workers, sup) = workers;
+    for w in workers {
+        let _ = w.join();
     }
-    cleanup(&listeners);
+    let _ = sup.join();
     let served: u64 = shared
         .models()
         .iter()
@@ -432,50 +387,35 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
     Ok(())
 }
 
-fn cleanup(listeners: &[Arc<Listener>]) {
-    for l in listeners {
-        if let Listener::Unix(_, path) = &**l {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-fn install_signals(
-    shared: &Arc<Shared>,
-    listeners: &[Arc<Listener>],
-) -> Result<std::thread::JoinHandle<()>, ServeError> {
+fn install_signals(shared: &Arc<Shared>) -> Result<std::thread::JoinHandle<()>, ServeError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals =
         signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(ServeError::Signals)?;
-    let (shared, listeners) = (Arc::clone(shared), listeners.to_vec());
+    let shared = Arc::clone(shared);
     std::thread::Builder::new()
         .name("beltbox-signals".into())
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
-                log::info!("signal {sig}: draining in-flight requests, then stopping");
-                shared.stopping.store(true, Relaxed);
+                log::info!("signal {sig}: closing the listeners, draining in-flight requests, then stopping");
                 shared.notifier.notify("STOPPING=1\nSTATUS=draining");
-                for l in &listeners {
-                    wake(l);
-                }
+                shared.begin_stop();
             }
         })
         .map_err(ServeError::Signals)
 }
 
 /// Loads every configured model in one pass each: verify and build once, plan from the
-/// built graph, refuse what does not fit the strictest budget (before the golden
-/// self-check runs anything), self-check, then open the gate.
+/// built graph, refuse what does not fit its own or the service's budget (before the
+/// golden self-check runs anything), self-check, then open the gate.
 fn load_models(shared: &Arc<Shared>) -> Result<(), ServeError> {
     let cfg = &shared.cfg;
-    let (operator, board) = service_budgets(cfg)?;
+    let service = service_budget(cfg)?;
     let opts = LoadOptions {
         threads: cfg.threads,
         ..LoadOptions::default()
     };
-    let mut manifests: Vec<Manifest> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
     let mut tally = Tally::default();
-    let mut bound = None;
     let mut served = Vec::new();
     for arg in &cfg.models {
         shared
@@ -485,14 +425,17 @@ fn load_models(shared: &Arc<Shared>) -> Result<(), ServeError> {
             .ok_or_else(|| ServeError::ModelNotFound(arg.clone()))?;
         let built = model::build(&dir, &opts, None)?;
         let m = &built.package.manifest;
-        if manifests.iter().any(|q| q.name == m.name) {
+        if names.contains(&m.name) {
             return Err(ServeError::DuplicateModel(m.name.clone()));
         }
-        manifests.push(m.clone());
-        let refs: Vec<&Manifest> = manifests.iter().collect();
-        let all = memory::budget::applicable(operator.clone(), &refs, board.as_ref());
-        bound = memory::strictest(&all).cloned();
-        tally.admit(&built.plan, bound.as_ref(), cfg.workers)?;
+        names.push(m.name.clone());
+        let own = Budget::from_mib(
+            m.budgets.ram_mib,
+            BudgetSource::Manifest {
+                model: m.name.clone(),
+            },
+        );
+        tally.admit(&built.plan, &own, service.as_ref(), cfg.workers)?;
         shared.notifier.status(&format!(
             "running the golden self-check of {}",
             built.plan.model
@@ -505,25 +448,32 @@ fn load_models(shared: &Arc<Shared>) -> Result<(), ServeError> {
     }
     // The golden self-check has run every model on every golden input: that is the
     // warm-up (allocator arenas, caches, lazily built kernels).
-    let limit = gate_limit(&served, bound.as_ref())?;
-    match &bound {
+    let limit = gate_limit(&served, service.as_ref(), cfg.max_connections)?;
+    match &service {
         Some(b) => log::info!(
             "RAM budget {} from {}: {} left for in-flight requests",
             human(b.bytes),
             b.source,
             human(limit)
         ),
-        None => log::info!("no RAM budget applies"),
+        None => log::info!(
+            "no service RAM budget applies (set memory.budget or a board profile): requests are bounded by limits.max_body and server.queue_depth only"
+        ),
     }
     let _ = shared.gate.set(Gate::new(limit));
-    let _ = shared.budget.set(bound);
+    let _ = shared.budget.set(service);
     *shared.models.write().unwrap_or_else(|p| p.into_inner()) = served;
     Ok(())
 }
 
 /// What requests may reserve: the heap budget (budget minus the runtime's non-heap
-/// overhead) minus the heap measured now that every model is loaded and warm.
-fn gate_limit(served: &[Arc<ServedModel>], bound: Option<&Budget>) -> Result<u64, ServeError> {
+/// overhead) minus the heap measured now that every model is loaded and warm, minus what
+/// the allowed connections may hold outside their requests.
+fn gate_limit(
+    served: &[Arc<ServedModel>],
+    bound: Option<&Budget>,
+    max_connections: usize,
+) -> Result<u64, ServeError> {
     let Some(b) = bound else {
         return Ok(u64::MAX);
     };
@@ -543,18 +493,24 @@ fn gate_limit(served: &[Arc<ServedModel>], bound: Option<&Budget>) -> Result<u64
             })
             .sum(),
     };
+    let connections = max_connections as u64 * conn::CONNECTION_BYTES;
     let heap_budget = b.bytes.saturating_sub(runtime);
-    let limit = heap_budget.saturating_sub(baseline);
-    let one = served.iter().map(|m| m.request_bytes(0)).max().unwrap_or(0);
+    let limit = heap_budget.saturating_sub(baseline + connections);
+    let one = served
+        .iter()
+        .map(|m| m.model.plan.per_request_bytes())
+        .max()
+        .unwrap_or(0);
     if limit < one {
         return Err(over(
             "serving one request".into(),
-            baseline + runtime + one,
+            baseline + runtime + connections + one,
             b,
             format!(
-                "heap after loading {} + runtime {} + one request {}",
+                "heap after loading {} + runtime {} + {max_connections} connection(s) x {} + one request {}",
                 human(baseline),
                 human(runtime),
+                human(conn::CONNECTION_BYTES),
                 human(one)
             ),
         ));

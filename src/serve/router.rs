@@ -1,21 +1,27 @@
 //! The routes of the service: KServe v2 (server, health, model metadata and readiness,
-//! inference), `/metrics`. A request's head arrives here from [`super::conn`]; inference
-//! reserves its memory, reads and decodes the body, queues the job and encodes the answer.
+//! inference), `/metrics`. A request arrives here from hyper ([`super::conn`]); inference
+//! reads its body under the memory gate, decodes it, reserves exactly what its tensors
+//! and their preprocessing take, queues the job for a worker and encodes the answer.
 
-use std::io::{BufReader, Write};
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::TrySendError;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use hyper::body::{Body as _, Incoming};
+use hyper::http::request::Parts;
+use hyper::Method;
 use serde_json::json;
 
-use super::conn::{DeadlineReader, Stream};
-use super::http::{self, Framing, Head, HttpError, Response};
-use super::kserve::{self, DecodeLimits, OutputTensor};
+use super::http::{self, BodyError, BodyRules, Encoding, Response};
+use super::kserve::{self, DecodeLimits, InferRequest, InputTensor, OutputTensor};
 use super::metrics::{self, Gauges, ModelSample, Outcome};
 use super::worker::{Done, Job};
 use super::{ServedModel, Shared};
+use beltbox_core::preprocess;
 
 #[derive(Debug, PartialEq, Eq)]
 enum Route<'a> {
@@ -50,28 +56,111 @@ fn method_not_allowed(allow: &str) -> Response {
     Response::error(405, &format!("method not allowed; use {allow}")).with_header("Allow", allow)
 }
 
-/// Returns the response and whether the connection can carry another request (false
-/// when the body was not consumed).
-pub(super) fn handle(
-    shared: &Shared,
-    head: &Head,
-    reader: &mut BufReader<DeadlineReader>,
-    writer: &mut Stream,
-    limits: &http::Limits,
-) -> (Response, bool) {
-    let get = head.method == "GET" || head.method == "HEAD";
-    let has_body = !matches!(head.framing(), Ok(Framing::None));
-    let r = route(&head.path);
-    if let Route::Infer(name, version) = r {
-        if head.method != "POST" {
-            return (method_not_allowed("POST"), !has_body);
+/// The response body: counts the status and, for inference, observes the end-to-end
+/// latency (request head parsed -> response handed to the socket) when hyper is done
+/// with it.
+pub(super) struct Answer {
+    body: Option<Bytes>,
+    started: Instant,
+    model: Option<Arc<ServedModel>>,
+}
+
+impl hyper::body::Body for Answer {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.body.take().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.body.as_ref().map_or(0, |b| b.len() as u64))
+    }
+}
+
+impl From<Bytes> for Answer {
+    fn from(b: Bytes) -> Answer {
+        Answer {
+            body: (!b.is_empty()).then_some(b),
+            started: Instant::now(),
+            model: None,
         }
-        return infer(shared, name, version, head, reader, writer, limits);
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(m) = &self.model {
+            m.metrics
+                .observe_e2e_us(beltbox_core::timing::us(self.started.elapsed()));
+        }
+    }
+}
+
+/// Serves one request.
+pub(super) async fn handle(
+    shared: Arc<Shared>,
+    req: hyper::Request<Incoming>,
+) -> hyper::Response<Answer> {
+    let started = Instant::now();
+    let (parts, mut body) = req.into_parts();
+    let (resp, close, model) = dispatch(&shared, &parts, &mut body, started).await;
+    shared.metrics.record_status(resp.status);
+    // During the drain every answer closes its connection.
+    let close = close || shared.stopping.load(Relaxed);
+    let mut r: hyper::Response<Answer> = resp.into_hyper(close);
+    r.body_mut().started = started;
+    r.body_mut().model = model;
+    r
+}
+
+/// The answer, whether to close the connection after it, and the model it was for.
+async fn dispatch(
+    shared: &Arc<Shared>,
+    parts: &Parts,
+    body: &mut Incoming,
+    started: Instant,
+) -> (Response, bool, Option<Arc<ServedModel>>) {
+    let get = parts.method == Method::GET || parts.method == Method::HEAD;
+    let path = parts.uri.path();
+    let r = route(path);
+    if let Route::Infer(name, version) = r {
+        if parts.method != Method::POST {
+            let (resp, close) = refuse(
+                shared,
+                parts,
+                body,
+                method_not_allowed("POST"),
+                started,
+                false,
+            )
+            .await;
+            return (resp, close, None);
+        }
+        let model = match lookup(shared, name, version) {
+            Ok(m) => m,
+            Err(resp) => {
+                let (resp, close) = refuse(shared, parts, body, resp, started, false).await;
+                return (resp, close, None);
+            }
+        };
+        let (resp, close) = infer_model(shared, &model, parts, body, started).await;
+        model
+            .metrics
+            .record_outcome(Outcome::of_status(resp.status));
+        return (resp, close, Some(model));
     }
     let resp = match (r, get) {
         (Route::NotFound, _) => {
             shared.metrics.unrouted.fetch_add(1, Relaxed);
-            Response::error(404, &format!("no such endpoint `{}`", head.path))
+            Response::error(404, &format!("no such endpoint `{path}`"))
         }
         (_, false) => method_not_allowed("GET, HEAD"),
         (Route::Server, _) => Response::json(
@@ -111,8 +200,47 @@ pub(super) fn handle(
         },
         (Route::Infer(..), _) => Response::error(500, "unreachable route"),
     };
-    // A body we did not read makes the connection unusable for the next request.
-    (resp, !has_body)
+    let (resp, close) = refuse(shared, parts, body, resp, started, false).await;
+    (resp, close, None)
+}
+
+fn body_rules(shared: &Shared, started: Instant) -> BodyRules {
+    let cfg = &shared.cfg;
+    BodyRules {
+        max_body: cfg.max_body_bytes,
+        idle: Duration::from_millis(cfg.body_idle_timeout_ms),
+        deadline: started + Duration::from_millis(cfg.request_timeout_ms),
+        request_timeout_ms: cfg.request_timeout_ms,
+        memory_wait: Duration::from_millis(cfg.queue_timeout_ms),
+    }
+}
+
+fn header<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+    parts.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Answers `resp` to a request whose body was not (fully) taken: a client that waits for
+/// `100 Continue` has sent nothing and is answered at once (the connection then closes);
+/// otherwise the rest of the body is read and discarded first, so a client that sends
+/// its whole body before reading sees the status, not a reset. Returns whether to close.
+async fn refuse(
+    shared: &Shared,
+    parts: &Parts,
+    body: &mut Incoming,
+    resp: Response,
+    started: Instant,
+    polled: bool,
+) -> (Response, bool) {
+    if body.is_end_stream() {
+        return (resp, false);
+    }
+    let expects_continue =
+        header(parts, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if expects_continue && !polled {
+        return (resp, true);
+    }
+    let complete = http::drain(body, &body_rules(shared, started)).await;
+    (resp, !complete)
 }
 
 fn platform(m: &ServedModel) -> &'static str {
@@ -160,129 +288,156 @@ fn retry_503(message: &str) -> Response {
     Response::error(503, message).with_header("Retry-After", "1")
 }
 
-fn infer(
-    shared: &Shared,
-    name: &str,
-    version: Option<&str>,
-    head: &Head,
-    reader: &mut BufReader<DeadlineReader>,
-    writer: &mut Stream,
-    limits: &http::Limits,
-) -> (Response, bool) {
-    let model = match lookup(shared, name, version) {
-        Ok(m) => m,
-        Err(resp) => return (resp, false),
-    };
-    let (resp, reusable) = infer_model(shared, &model, head, reader, writer, limits);
-    model
-        .metrics
-        .record_outcome(Outcome::of_status(resp.status));
-    (resp, reusable)
-}
-
-fn infer_model(
+/// Inference: admission, body, decoding, the queue. Memory is reserved as it is taken:
+/// the body's buffer as bytes arrive, then the decoder's bound, then exactly what the
+/// decoded tensors and their preprocessing hold (plus the plan's per-request memory).
+async fn infer_model(
     shared: &Shared,
     model: &Arc<ServedModel>,
-    head: &Head,
-    reader: &mut BufReader<DeadlineReader>,
-    writer: &mut Stream,
-    limits: &http::Limits,
+    parts: &Parts,
+    body: &mut Incoming,
+    started: Instant,
 ) -> (Response, bool) {
-    if !shared.is_ready() {
-        return (
-            retry_503("not ready: models are loading or the service is stopping"),
-            false,
-        );
-    }
-    let framing = match head.framing() {
-        Ok(f) => f,
-        Err(e) => {
-            return (
-                Response::error(e.status().unwrap_or(400), &e.to_string()),
-                false,
-            )
+    let rules = body_rules(shared, started);
+    let gate = match (shared.is_ready(), shared.gate.get()) {
+        (true, Some(g)) => Arc::clone(g),
+        _ => {
+            let resp = retry_503("not ready: models are loading or the service is stopping");
+            return refuse(shared, parts, body, resp, started, false).await;
         }
     };
-    let announced = match framing {
-        Framing::None => return (Response::error(400, "inference request has no body"), true),
-        Framing::Length(n) if n > limits.max_body_bytes as u64 => {
-            let e = HttpError::BodyTooLarge {
-                limit: limits.max_body_bytes,
+    let encoding = match Encoding::parse(header(parts, "content-encoding")) {
+        Ok(e) => e,
+        Err(e) => return refuse(shared, parts, body, e.response(), started, false).await,
+    };
+    let json_len = header(parts, kserve::HEADER_LENGTH).and_then(|v| v.trim().parse::<u64>().ok());
+    let per_request = model.model.plan.per_request_bytes();
+    // What a body of n bytes will need in all; unknown before decompression.
+    let projected = |n: u64| match encoding {
+        Encoding::Identity => n + kserve::decoded_bound(n, json_len) + per_request,
+        _ => n,
+    };
+    let announced = body.size_hint().exact();
+    if announced == Some(0) || (announced.is_none() && body.is_end_stream()) {
+        return (Response::error(400, "inference request has no body"), false);
+    }
+    if let Some(n) = announced {
+        let refusal = if n > rules.max_body as u64 {
+            Some(BodyError::TooLarge {
+                limit: rules.max_body,
                 got: n,
-            };
-            return (Response::error(413, &e.to_string()), false);
-        }
-        Framing::Length(n) => n,
-        Framing::Chunked => limits.max_body_bytes as u64,
-    };
-    // Memory first: the body and everything decoded from it count against the budget.
-    let Some(gate) = shared.gate.get() else {
-        return (retry_503("not ready"), false);
-    };
-    let wait = Duration::from_millis(shared.cfg.queue_timeout_ms);
-    let need = model.request_bytes(announced);
-    let Some(reservation) = gate.reserve_until(need, Instant::now() + wait) else {
-        return (
-            retry_503(&format!(
-                "RAM budget: {} bytes needed for this request do not fit beside the {} reserved by requests in flight (limit {})",
+            })
+        } else {
+            let need = projected(n);
+            (need > gate.limit()).then_some(BodyError::NeverFits {
                 need,
-                gate.reserved(),
-                gate.limit()
-            )),
-            false,
-        );
-    };
-    if head.expects_continue() {
-        let _ = writer
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .and_then(|_| writer.flush());
-    }
-    let body = match http::read_body(reader, head, limits) {
-        Ok(b) => b,
-        Err(e) => {
-            let status = e.status().unwrap_or(400);
-            return (Response::error(status, &e.to_string()), false);
+                limit: gate.limit(),
+            })
+        };
+        if let Some(e) = refusal {
+            return refuse(shared, parts, body, e.response(), started, false).await;
         }
+    }
+    let Some(mut res) = gate.try_reserve(0) else {
+        return refuse(
+            shared,
+            parts,
+            body,
+            retry_503("RAM budget exhausted"),
+            started,
+            false,
+        )
+        .await;
     };
-    let resp = decode_and_run(shared, model, head, &body);
-    drop(body);
-    drop(reservation);
-    (resp, true)
+    let raw = match http::read_body(body, announced, &rules, &mut res, projected).await {
+        Ok(b) => b,
+        // A stalled or broken body: nothing more will come worth waiting for.
+        Err(e @ (BodyError::Idle(_) | BodyError::Deadline(_) | BodyError::Malformed(_))) => {
+            return (e.response(), true)
+        }
+        Err(e) => return refuse(shared, parts, body, e.response(), started, true).await,
+    };
+    if raw.is_empty() {
+        return (Response::error(400, "inference request has no body"), false);
+    }
+    let raw = match http::decode_content(raw, encoding, rules.max_body, &mut res) {
+        Ok(b) => b,
+        Err(e) => return (e.response(), false),
+    };
+    let n = raw.len() as u64;
+    if let Err(e) = http::reserve(
+        &mut res,
+        n + kserve::decoded_bound(n, json_len) + per_request,
+        rules.memory_wait,
+    )
+    .await
+    {
+        return (e.response(), false);
+    }
+    let (req, inputs) = match decode(shared, model, parts, &raw) {
+        Ok(d) => d,
+        Err(resp) => return (resp, false),
+    };
+    drop(raw);
+    let specs = &model.model.manifest().inputs;
+    let exact = per_request
+        + inputs
+            .iter()
+            .zip(specs)
+            .map(|(t, spec)| {
+                t.data.heap_bytes() + preprocess::working_bytes(&t.shape, &t.data, spec)
+            })
+            .sum::<u64>();
+    if let Err(e) = http::reserve(&mut res, exact, rules.memory_wait).await {
+        return (e.response(), false);
+    }
+    let resp = run(shared, model, req, inputs).await;
+    drop(res);
+    (resp, false)
 }
 
-fn decode_and_run(shared: &Shared, model: &Arc<ServedModel>, head: &Head, body: &[u8]) -> Response {
+/// The request's envelope and its tensors in the manifest's input order.
+fn decode(
+    shared: &Shared,
+    model: &ServedModel,
+    parts: &Parts,
+    body: &[u8],
+) -> Result<(InferRequest, Vec<InputTensor>), Response> {
     let bad = |e: kserve::KserveError| Response::error(400, &e.to_string());
-    let (json_part, binary) = match kserve::split_body(body, head.header(kserve::HEADER_LENGTH)) {
-        Ok(p) => p,
-        Err(e) => return bad(e),
-    };
+    let (json_part, binary) =
+        kserve::split_body(body, header(parts, kserve::HEADER_LENGTH)).map_err(bad)?;
     let limits = DecodeLimits {
         max_elements: shared.cfg.max_tensor_elements,
         max_json_depth: shared.cfg.max_json_depth,
     };
-    let mut req = match kserve::decode_request(json_part, binary, &limits) {
-        Ok(r) => r,
-        Err(e) => return bad(e),
-    };
+    let mut req = kserve::decode_request(json_part, binary, &limits).map_err(bad)?;
     let manifest = model.model.manifest();
-    let inputs = match kserve::order_inputs(std::mem::take(&mut req.inputs), manifest) {
-        Ok(v) => v,
-        Err(message) => return Response::error(400, &message),
-    };
+    let inputs = kserve::order_inputs(std::mem::take(&mut req.inputs), manifest)
+        .map_err(|message| Response::error(400, &message))?;
     if let Some(wanted) = &req.outputs {
         if let Some(w) = wanted
             .iter()
             .find(|w| !manifest.outputs.iter().any(|o| o.name == w.name))
         {
             let known: Vec<&str> = manifest.outputs.iter().map(|o| o.name.as_str()).collect();
-            return bad(kserve::KserveError::UnknownOutput {
+            return Err(bad(kserve::KserveError::UnknownOutput {
                 model: manifest.name.clone(),
                 name: w.name.clone(),
                 known: known.join(", "),
-            });
+            }));
         }
     }
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    Ok((req, inputs))
+}
+
+/// Queues the job (503 when the queue is full) and waits for its worker's answer.
+async fn run(
+    shared: &Shared,
+    model: &Arc<ServedModel>,
+    req: InferRequest,
+    inputs: Vec<InputTensor>,
+) -> Response {
+    let (tx, rx) = tokio::sync::oneshot::channel();
     let job = Job {
         model: Arc::clone(model),
         inputs,
@@ -304,7 +459,7 @@ fn decode_and_run(shared: &Shared, model: &Arc<ServedModel>, head: &Head, body: 
             return retry_503("stopping");
         }
     }
-    match rx.recv() {
+    match rx.await {
         Ok(Ok(done)) => respond(
             model,
             req.id.as_deref(),

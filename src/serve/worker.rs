@@ -3,7 +3,7 @@
 //! workers share one loaded model.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,7 +24,8 @@ pub(crate) struct Job {
     /// The request's tensors, in the manifest's input order.
     pub inputs: Vec<InputTensor>,
     pub enqueued: Instant,
-    pub reply: SyncSender<JobResult>,
+    /// The HTTP side awaits this; it is gone when the client went away.
+    pub reply: tokio::sync::oneshot::Sender<JobResult>,
 }
 
 pub(crate) struct Done {
@@ -64,11 +65,19 @@ fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>, idx: usize) {
             guard.recv_timeout(IDLE_TICK)
         };
         match msg {
-            Ok(job) => {
+            Ok(Job {
+                model,
+                inputs,
+                enqueued,
+                reply,
+            }) => {
                 shared.metrics.queue_depth.fetch_sub(1, Relaxed);
-                let reply = job.reply.clone();
-                // The connection may have gone (client timeout); nothing to tell then.
-                let _ = reply.send(run(shared, job));
+                // The client may have gone (its connection closed); it is not run then.
+                if reply.is_closed() {
+                    continue;
+                }
+                // Nothing to tell if it went while this ran.
+                let _ = reply.send(run(shared, &model, inputs, enqueued));
             }
             Err(RecvTimeoutError::Timeout) if shared.workers_stop.load(Relaxed) => return,
             Err(RecvTimeoutError::Timeout) => {}
@@ -77,8 +86,13 @@ fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>, idx: usize) {
     }
 }
 
-fn run(shared: &Shared, job: Job) -> JobResult {
-    let queued = job.enqueued.elapsed();
+fn run(
+    shared: &Shared,
+    model: &ServedModel,
+    inputs: Vec<InputTensor>,
+    enqueued: Instant,
+) -> JobResult {
+    let queued = enqueued.elapsed();
     let limit = Duration::from_millis(shared.cfg.queue_timeout_ms);
     if queued > limit {
         return Err((
@@ -91,10 +105,10 @@ fn run(shared: &Shared, job: Job) -> JobResult {
         ));
     }
     shared.metrics.in_flight.fetch_add(1, Relaxed);
-    let result = infer(&job.model, job.inputs, us(queued));
+    let result = infer(model, inputs, us(queued));
     shared.metrics.in_flight.fetch_sub(1, Relaxed);
     if let Ok(done) = &result {
-        job.model.metrics.record_stages(&done.stages);
+        model.metrics.record_stages(&done.stages);
         let now = shared.now_ms();
         if let Ok(mut w) = shared.windows.lock() {
             w.record(now, &done.stages);

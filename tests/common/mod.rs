@@ -2,6 +2,8 @@
 //! bundled packages in temporary directories.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -3,7 +3,8 @@
 
 Starts `beltbox run` on a free loopback port, then uses only tritonclient's public API:
 health, server/model metadata, inference with JSON and binary tensors, the classification
-extension, and error reporting. Then two more packages: a two-input model written here with
+extension, request compression (gzip, deflate), 720p and 1080p camera frames (binary UINT8
+and PNG), and error reporting. Then two more packages: a two-input model written here with
 `onnx` (an INT64 input, INT64 and BOOL outputs; expectations computed with numpy), and the
 real PicoDet layout detector with a `[detection]` section (when the real-model cache exists),
 whose boxes come back in the response parameters. Exits non-zero on the first mismatch.
@@ -15,11 +16,13 @@ whose boxes come back in the response parameters. Exits non-zero on the first mi
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
 import tomllib
 import urllib.request
+import zlib
 
 import numpy as np
 import tritonclient.http as httpclient
@@ -107,6 +110,32 @@ def main():
                 check(logits.shape == (1, 10) and int(np.argmax(logits)) == label,
                       f"FP32 tensor ({'binary' if binary else 'JSON'}): argmax {int(np.argmax(logits))} is label {label}")
 
+        # Request compression as tritonclient does it (Content-Encoding), both algorithms:
+        # the same logits as the plain request.
+        path, label = golden()[4]
+        pixels, maxval = pgm_pixels(path)
+        x = (pixels.astype(np.float32) / maxval).reshape(1, 1, 8, 8)
+        t = httpclient.InferInput("input", [1, 1, 8, 8], "FP32")
+        t.set_data_from_numpy(x, binary_data=False)
+        plain = c.infer(MODEL, [t]).as_numpy("logits")
+        for algo in ("gzip", "deflate"):
+            z = c.infer(MODEL, [t], request_compression_algorithm=algo).as_numpy("logits")
+            check(np.array_equal(z, plain), f"request_compression_algorithm={algo}: same logits as uncompressed")
+
+        # Camera frames: 720p and 1080p RGB UINT8 through the binary extension, resized by
+        # the server; the same frame as a PNG file (BYTES) gives the same logits.
+        rng = np.random.default_rng(14)
+        for h, w in ((720, 1280), (1080, 1920)):
+            frame = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+            t = httpclient.InferInput("input", [h, w, 3], "UINT8")
+            t.set_data_from_numpy(frame, binary_data=True)
+            as_tensor = c.infer(MODEL, [t]).as_numpy("logits")
+            f = httpclient.InferInput("input", [1], "BYTES")
+            f.set_data_from_numpy(np.array([png_rgb(frame)], dtype=np.object_), binary_data=True)
+            as_png = c.infer(MODEL, [f]).as_numpy("logits")
+            check(as_tensor.shape == (1, 10) and np.array_equal(as_tensor, as_png),
+                  f"{w}x{h} UINT8 frame (binary) is served, and as a PNG with the same logits")
+
         bad = httpclient.InferInput("input", [1, 1, 8, 7], "FP32")
         bad.set_data_from_numpy(np.zeros((1, 1, 8, 7), dtype=np.float32))
         try:
@@ -125,6 +154,18 @@ def main():
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=20)
     check(code == 0, "SIGTERM: clean exit 0")
+
+
+def png_rgb(frame):
+    """An 8-bit RGB PNG of an HxWx3 uint8 array (zlib and struct: no imaging library)."""
+    h, w, _ = frame.shape
+    raw = b"".join(b"\x00" + frame[y].tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
 
 
 def sha256(path):

@@ -39,6 +39,69 @@ pub fn is_png(bytes: &[u8]) -> bool {
     bytes.starts_with(b"\x89PNG\r\n\x1a\n")
 }
 
+/// The PNG decoder's own state whatever the image (inflate window and tables): measured
+/// ~100 KiB (crates/core/tests/working_bytes.rs); its row and inflate buffers grow with
+/// the image and are covered by one more byte a pixel in [`Peek::decode_bytes`].
+pub const DECODE_FIXED_BYTES: u64 = 256 * 1024;
+
+/// What an image file's header says, read without decoding pixels: what the service
+/// reserves memory for before it decodes a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peek {
+    pub width: usize,
+    pub height: usize,
+    /// Channels of the decoded [`Image`] (1 or 3).
+    pub channels: usize,
+    /// Heap the decoder holds at its peak, beyond [`DECODE_FIXED_BYTES`]: for a PNG its
+    /// output buffer, those samples widened to u16, the kept samples and a byte a pixel
+    /// for its row and inflate buffers; for a PGM the samples.
+    pub decode_bytes: u64,
+}
+
+/// Reads a PNG's IHDR or a PGM's header. `None` when the header is not there or not well
+/// formed (decoding then fails with the reason).
+pub fn peek(bytes: &[u8]) -> Option<Peek> {
+    if is_png(bytes) {
+        // Signature (8), IHDR length (4) and type (4), then width, height (big-endian),
+        // bit depth, colour type.
+        if bytes.get(12..16)? != b"IHDR" {
+            return None;
+        }
+        let be = |at: usize| {
+            let b = bytes.get(at..at + 4)?;
+            Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        };
+        let (width, height) = (be(16)?, be(20)?);
+        let depth: u64 = if *bytes.get(24)? == 16 { 2 } else { 1 };
+        // Channels after EXPAND (a palette may expand to RGBA), and kept (alpha dropped).
+        let (decoded, kept): (u64, usize) = match bytes.get(25)? {
+            0 => (1, 1),
+            4 => (2, 1),
+            2 => (3, 3),
+            _ => (4, 3),
+        };
+        let px = (width as u64).checked_mul(height as u64)?;
+        return Some(Peek {
+            width,
+            height,
+            channels: kept,
+            decode_bytes: px * (decoded * depth + 2 * decoded + 2 * kept as u64 + 1),
+        });
+    }
+    if is_pgm(bytes) {
+        let mut pos = 2;
+        let width = next_number(bytes, &mut pos)?;
+        let height = next_number(bytes, &mut pos)?;
+        return Some(Peek {
+            width,
+            height,
+            channels: 1,
+            decode_bytes: 2 * (width as u64).checked_mul(height as u64)?,
+        });
+    }
+    None
+}
+
 fn check_dims(width: usize, height: usize) -> Result<(), ImageError> {
     if width == 0 || height == 0 {
         return Err(ImageError::Empty);
@@ -211,6 +274,25 @@ mod tests {
         assert_eq!(decode_pgm(p2).unwrap(), img);
         let wide = [b"P5 1 1 65535\n".as_slice(), &[0x12, 0x34]].concat();
         assert_eq!(decode_pgm(&wide).unwrap().samples, vec![0x1234]);
+    }
+
+    #[test]
+    fn peek_reads_headers_only() {
+        let dims = |b: &[u8]| peek(b).map(|p| (p.width, p.height, p.channels));
+        assert_eq!(dims(b"P5 # c\n7 3\n255\n"), Some((7, 3, 1)));
+        assert_eq!(dims(b"P2 7"), None);
+        let mut png = Vec::new();
+        {
+            let mut e = png::Encoder::new(&mut png, 5, 2);
+            e.set_color(png::ColorType::Rgb);
+            e.set_depth(png::BitDepth::Eight);
+            let mut w = e.write_header().unwrap();
+            w.write_image_data(&[7u8; 30]).unwrap();
+        }
+        assert_eq!(dims(&png), Some((5, 2, 3)));
+        assert_eq!(peek(&png).unwrap().decode_bytes, 10 * (3 + 6 + 6 + 1));
+        assert_eq!(dims(&png[..20]), None);
+        assert_eq!(dims(b"GIF89a"), None);
     }
 
     #[test]

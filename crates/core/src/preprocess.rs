@@ -96,6 +96,18 @@ impl Elements {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Heap bytes the elements hold (what the service accounts for a decoded request).
+    pub fn heap_bytes(&self) -> u64 {
+        let vec_header = std::mem::size_of::<Vec<u8>>() as u64;
+        match self {
+            Elements::F32(v) => 4 * v.len() as u64,
+            Elements::I8(v) => v.len() as u64,
+            Elements::U8(v) => v.len() as u64,
+            Elements::Bytes(v) => v.iter().map(|f| f.len() as u64 + vec_header).sum(),
+            Elements::Typed(d) => (d.len() * d.dtype().size_of()) as u64,
+        }
+    }
 }
 
 /// Why supplied elements cannot become the model input. The messages complete a sentence
@@ -198,6 +210,58 @@ pub fn from_elements(
         },
         Elements::Typed(d) if exact_shape && d.dtype() == spec.dtype => Ok(tensor(d)),
         _ => Err(ElementsError::Mismatch),
+    }
+}
+
+/// An upper bound, in bytes, of the heap [`from_elements`] allocates beyond `data` itself
+/// for a request tensor of `shape`: a decoded file, image samples widened to u16, the
+/// colour-converted and resized f32 planes, the normalised and the quantised model
+/// tensor. The service reserves it against its memory budget before preprocessing runs
+/// (docs/memory.md, "Request memory"), so a frame of any size is accounted, not only the
+/// model's own.
+pub fn working_bytes(shape: &[usize], data: &Elements, spec: &InputSpec) -> u64 {
+    let (h, w, c) = spec.hwc();
+    let out = (h * w * c) as u64;
+    // Live together at the peak of `from_image` for a `src_px`-pixel source of `src_c`
+    // channels: the u16 samples, the colour-converted f32 plane, the resized plane (a
+    // letterbox also its unpadded inner plane), the normalised tensor and its quantised
+    // copy.
+    let resized = match spec.preprocess.as_ref().map(|p| p.resize_mode) {
+        Some(ResizeMode::Letterbox) => 8 * out,
+        _ => 4 * out,
+    };
+    let quantised = match spec.dtype {
+        DType::Float32 => 0,
+        d => out * d.size_of() as u64,
+    };
+    let image = |src_px: u64, src_c: u64| {
+        2 * src_px * src_c + 4 * src_px * c as u64 + resized + 4 * out + quantised
+    };
+    match data {
+        Elements::U8(_) if !spec.accepts(shape) => match shape {
+            [h, w] => image((h * w) as u64, 1),
+            [h, w, ch] | [1, h, w, ch] => image((h * w) as u64, *ch as u64),
+            _ => 0,
+        },
+        Elements::Bytes(files) => files
+            .iter()
+            .map(|f| match image::peek(f) {
+                // Decoding refuses what is over the pixel limit before allocating. The
+                // decoder's buffers are gone when preprocessing starts; its samples are
+                // `image`'s u16 samples.
+                Some(p) if p.width.saturating_mul(p.height) <= image::MAX_PIXELS => {
+                    let px = (p.width * p.height) as u64;
+                    image::DECODE_FIXED_BYTES + p.decode_bytes.max(image(px, p.channels as u64))
+                }
+                Some(_) => 0,
+                // NPY: the parsed tensor and its quantised copy.
+                None => 2 * f.len() as u64 + 4 * spec.max_volume() as u64,
+            })
+            .max()
+            .unwrap_or(0),
+        // Float32 quantised for an integer model: one more tensor of at most the same size.
+        Elements::F32(v) => 4 * v.len() as u64,
+        _ => 0,
     }
 }
 

@@ -2,9 +2,12 @@
 //! it is planned to need fits beside what is already committed.
 //!
 //! The service measures its heap once models are loaded and warm (the baseline), so the
-//! gate's limit is `heap budget - baseline`. Each request reserves, before its body is
-//! even read, an upper bound of what it will allocate (body, decoded tensors, the plan's
-//! per-request activations) and releases it when its response is written. The sum of
+//! gate's limit is `heap budget - baseline`. A request's reservation grows with what it
+//! actually holds — body bytes as they arrive ([`Reservation::try_resize_to`]), then an
+//! upper bound of what decoding will allocate, then exactly what the decoded tensors,
+//! their preprocessing and the plan's per-request activations take —
+//! and is released when its response is written. Announced lengths reserve nothing: a
+//! client that announces a large body and sends one byte holds one byte. The sum of
 //! reservations never exceeds the limit, so the heap never exceeds the budget as long as
 //! the per-request bounds hold — the integration tests check that against the counting
 //! allocator's high-water mark.
@@ -50,6 +53,31 @@ impl Reservation {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    /// The gate this reservation is held at.
+    pub fn gate(&self) -> Arc<Gate> {
+        Arc::clone(&self.gate)
+    }
+
+    /// Sets this reservation to `total` bytes: shrinking always succeeds (and wakes
+    /// waiters); growing succeeds only if the difference fits now (never waits).
+    pub fn try_resize_to(&mut self, total: u64) -> bool {
+        let mut r = self.gate.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        if total <= self.bytes {
+            *r = r.saturating_sub(self.bytes - total);
+            self.bytes = total;
+            drop(r);
+            self.gate.freed.notify_all();
+            return true;
+        }
+        let more = total - self.bytes;
+        if !fits(*r, more, self.gate.limit) {
+            return false;
+        }
+        *r += more;
+        self.bytes = total;
+        true
+    }
 }
 
 impl Gate {
@@ -68,6 +96,19 @@ impl Gate {
 
     pub fn reserved(&self) -> u64 {
         *self.reserved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserves `need` bytes if they fit now; never waits (the async HTTP side polls).
+    pub fn try_reserve(self: &Arc<Gate>, need: u64) -> Option<Reservation> {
+        let mut r = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        if !fits(*r, need, self.limit) {
+            return None;
+        }
+        *r += need;
+        Some(Reservation {
+            gate: Arc::clone(self),
+            bytes: need,
+        })
     }
 
     /// Reserves `need` bytes, waiting for other requests to release memory until
@@ -127,6 +168,23 @@ mod tests {
         assert!(g
             .reserve_until(101, Instant::now() + Duration::from_secs(60))
             .is_none());
+    }
+
+    #[test]
+    fn a_reservation_grows_only_while_it_fits_and_shrinks_always() {
+        let g = Gate::new(100);
+        let mut a = g.try_reserve(10).unwrap();
+        assert!(a.try_resize_to(70));
+        assert!(a.try_resize_to(60), "shrinking always succeeds");
+        assert_eq!((a.bytes(), g.reserved()), (60, 60));
+        let b = g.try_reserve(30).unwrap();
+        assert!(!a.try_resize_to(71));
+        assert_eq!((a.bytes(), g.reserved()), (60, 90));
+        assert!(g.try_reserve(11).is_none());
+        drop(b);
+        assert!(a.try_resize_to(100));
+        drop(a);
+        assert_eq!(g.reserved(), 0);
     }
 
     #[test]
