@@ -4,16 +4,19 @@
 #   cross/test.sh TARGET [-- CARGO_TEST_ARGS...]
 #
 # aarch64-unknown-linux-gnu: the whole suite with the LiteRT backend
-#   (`cargo test --features tflite`, LiteRT's aarch64 library from cross/fetch-litert.sh),
-#   once per emulated CPU model: cortex-a72 (no dot-product: tract's SMLAL int8 kernels)
-#   and cortex-a76 (FEAT_DotProd: tract's SDOT kernels).
+#   (`cargo test --features tflite`, LiteRT's aarch64 library from cross/fetch-litert.sh)
+#   on cortex-a72 (no dot-product: tract's SMLAL int8 kernels), then on cortex-a76
+#   (FEAT_DotProd: tract's SDOT kernels) the tests that compute with those kernels (unit
+#   tests, golden, onnx_ops, inputs_and_dtypes, accuracy, real_models, tflite_backend); the
+#   service, CLI, plan and packaging tests do not depend on the CPU model and run once.
 # armv7-unknown-linux-gnueabihf: the golden-model tests (`cargo test --test golden`; there is
 #   no armv7 LiteRT library) on a Cortex-A7 with tract's NEON kernels, then with its generic
 #   kernels (TRACT_CPU_ARM32_NEON=false).
 #
 # CARGO_TEST_ARGS replace the default selection (`--features tflite` / `--test golden`),
 # e.g. `cross/test.sh aarch64-unknown-linux-gnu -- --features tflite --test golden`.
-# BELTBOX_QEMU_CPUS="cortex-a72 cortex-a76" overrides the CPU models (armv7: one model).
+# BELTBOX_QEMU_CPUS="cortex-a72 cortex-a76" overrides the CPU models (armv7: one model);
+# each then runs the whole selection.
 # Installs what it needs when missing (as cross/build.sh, plus qemu-user >= 8.2 — from
 # bookworm-backports on Debian 12 — and a binfmt_misc entry so that a test can start the
 # foreign beltbox binary). Honours CARGO_TARGET_DIR.
@@ -26,14 +29,22 @@ usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 parse_args "" "$@"
 target="$TARGET"
 
-# Each run: a label and the environment it adds (KEY=VALUE words).
+# Each run: a label and the environment it adds (KEY=VALUE words). One run may take only a
+# subset of the test targets (subset_run, subset_args).
 runs=()
+subset_run=""
+subset_args=()
 case "$target" in
 aarch64-unknown-linux-gnu)
     default_args=(--features tflite)
     for cpu in ${BELTBOX_QEMU_CPUS:-cortex-a72 cortex-a76}; do
         runs+=("QEMU_CPU=$cpu")
     done
+    if [ -z "${BELTBOX_QEMU_CPUS:-}" ]; then
+        subset_run="QEMU_CPU=cortex-a76"
+        subset_args=(--lib --test golden --test onnx_ops --test inputs_and_dtypes
+            --test accuracy --test real_models --test tflite_backend)
+    fi
     ;;
 armv7-unknown-linux-gnueabihf)
     default_args=(--test golden)
@@ -72,8 +83,13 @@ failed=()
 for run in "${runs[@]}"; do
     say "== tests under qemu-$QEMU_ARCH, $run: cargo test --target $target ${args[*]}"
     t0="$(now)"
+    run_args=("${args[@]}")
+    if [ "$HAVE_PASS" -eq 0 ] && [ "$run" = "$subset_run" ]; then
+        run_args+=("${subset_args[@]}")
+        say "   (the CPU-dependent tests: ${subset_args[*]})"
+    fi
     # shellcheck disable=SC2086 # $run is KEY=VALUE words
-    if env $run cargo test --target "$target" --no-fail-fast "${args[@]}"; then
+    if env $run cargo test --target "$target" --no-fail-fast "${run_args[@]}"; then
         summary+=("ok     $run  $(elapsed "$t0") s")
     else
         summary+=("FAILED $run  $(elapsed "$t0") s")

@@ -56,6 +56,17 @@ fn digits_json() -> (Vec<u8>, usize) {
     (tensor_request(json!([1, 1, 8, 8]), "FP32", json!(x)), label)
 }
 
+/// Client faults (stalls, bad encodings, bad framing) are never counted as model errors.
+fn assert_no_model_errors(metrics: &str) {
+    assert_eq!(
+        metric(
+            metrics,
+            "beltbox_requests_total{model=\"digits-int8-qdq\",outcome=\"error\"}"
+        ),
+        0.0
+    );
+}
+
 fn top1(text: &str) -> Value {
     serde_json::from_str::<Value>(text).unwrap()["parameters"]["top1_index"].clone()
 }
@@ -211,13 +222,7 @@ fn announced_length_cannot_starve_others() {
         3.0
     );
     // A stalled client is a client fault, never a model error.
-    assert_eq!(
-        metric(
-            &m,
-            "beltbox_requests_total{model=\"digits-int8-qdq\",outcome=\"error\"}"
-        ),
-        0.0
-    );
+    assert_no_model_errors(&m);
     server.stop();
 }
 
@@ -454,13 +459,7 @@ fn stalled_chunked_body_is_408_and_unsupported_encodings_are_client_faults() {
         "{answer}"
     );
     let m = server.metrics();
-    assert_eq!(
-        metric(
-            &m,
-            "beltbox_requests_total{model=\"digits-int8-qdq\",outcome=\"error\"}"
-        ),
-        0.0
-    );
+    assert_no_model_errors(&m);
     server.stop();
 }
 
@@ -507,6 +506,83 @@ fn gzip_and_deflate_bodies_are_decoded() {
         r.text().contains("inflates past the 8388608-byte limit"),
         "{}",
         r.text()
+    );
+    server.stop();
+}
+
+/// Peak resident set size of a process, from /proc.
+fn vm_hwm(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+#[test]
+// Under qemu-user a process's VmHWM is QEMU's own (translator and code cache included).
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    ignore = "VmHWM under qemu-user measures QEMU; run on the board"
+)]
+fn rss_stays_under_budget_with_large_bodies() {
+    // The digits model in a 64 MiB service budget, 60 clients at once, each sending a
+    // ~2 MB JSON camera frame (UINT8 [760, 760], resized by the server) until it is
+    // served, three rounds: with memory.strict_rss the service's peak RSS (VmHWM),
+    // allocator retention included, stays within its budget.
+    let budget: u64 = 64 << 20;
+    let server = Server::start(
+        &["--budget", "64MiB"],
+        Some("[memory]\nstrict_rss = true\n[limits]\nqueue_timeout_ms = 5000\n"),
+        &[],
+    );
+    let side = 760;
+    let pixels: Vec<u8> = (0..side * side).map(|i| (i * 7 % 256) as u8).collect();
+    let body = Arc::new(tensor_request(json!([side, side]), "UINT8", json!(pixels)));
+    assert!(body.len() > 1_900_000, "{}", body.len());
+    let addr = server.addr;
+    let started = Instant::now();
+    let mut refused = 0;
+    for _ in 0..3 {
+        // Each client retries a 503 after its Retry-After (with jitter), as a well-behaved
+        // client does, until served.
+        let clients: Vec<_> = (0..60u64)
+            .map(|i| {
+                let body = Arc::clone(&body);
+                std::thread::spawn(move || {
+                    let mut c = beltbox_tools::client::Client::new(addr, Duration::from_secs(120));
+                    let mut refused = 0;
+                    loop {
+                        let r = c.post_json(INFER, &body).unwrap();
+                        match r.status {
+                            200 => return refused,
+                            503 => refused += 1,
+                            s => panic!("{s} {}", r.text()),
+                        }
+                        assert!(refused < 1000, "never served");
+                        std::thread::sleep(Duration::from_millis(
+                            50 + (i * 37 + refused * 11) % 100,
+                        ));
+                    }
+                })
+            })
+            .collect();
+        refused += clients.into_iter().map(|t| t.join().unwrap()).sum::<u64>();
+    }
+    let peak = vm_hwm(server.child.id());
+    let m = server.metrics();
+    eprintln!(
+        "180 served in {:.1} s after {refused} 503s; VmHWM {:.1} MiB, heap peak {:.1} MiB, budget {:.0} MiB",
+        started.elapsed().as_secs_f64(),
+        peak as f64 / 1048576.0,
+        metric(&m, "beltbox_memory_heap_peak_bytes") / 1048576.0,
+        budget as f64 / 1048576.0
+    );
+    assert!(
+        peak <= budget,
+        "VmHWM {peak} is over the {budget}-byte service budget"
     );
     server.stop();
 }

@@ -69,6 +69,7 @@ struct RawModels {
 #[serde(deny_unknown_fields)]
 struct RawMemory {
     budget: Option<String>,
+    strict_rss: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,6 +134,8 @@ pub struct Config {
     pub threads: usize,
     /// Bytes, with the text it came from.
     pub budget: Option<(u64, String)>,
+    /// Hold the resident set, not only the heap, within the budget (`serve::retention`).
+    pub strict_rss: bool,
     pub board: String,
     pub state_dir: PathBuf,
     pub max_body_bytes: usize,
@@ -154,13 +157,16 @@ impl Default for Config {
             workers: 1,
             queue_depth: 16,
             // Connections are cheap tasks, not threads: what bounds them is memory
-            // (~16 KiB of buffers each, docs/service.md) and the per-peer cap.
+            // (conn::CONNECTION_BYTES each is set aside from the budget). On a box most
+            // clients share one peer (loopback), so the per-peer cap leaves room for 100+
+            // stuck sockets beside the real clients.
             max_connections: 256,
-            max_connections_per_peer: 128,
+            max_connections_per_peer: 192,
             models: vec![DEFAULT_MODEL.to_string()],
             models_dir: None,
             threads: 1,
             budget: None,
+            strict_rss: false,
             board: "auto".into(),
             state_dir: PathBuf::from("/var/lib/beltbox"),
             max_body_bytes: 8 * 1024 * 1024,
@@ -325,6 +331,7 @@ impl Config {
             }
             c.max_body_bytes = bytes as usize;
         }
+        c.strict_rss = raw.memory.strict_rss.unwrap_or(false);
         if let Some(b) = raw.board {
             c.board = b;
         }

@@ -13,14 +13,17 @@
 //!
 //! Nothing here panics on input; every refusal is a [`BodyError`] with its status.
 
+use std::collections::BTreeSet;
 use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
-use beltbox_core::memory::admission::Reservation;
+use beltbox_core::memory::admission::{Gate, Reservation};
 
 /// A body larger than this is not drained after a refusal: the connection is closed
 /// (the client may then see a reset instead of the status; it sent more than any
@@ -79,6 +82,60 @@ impl BodyError {
     }
 }
 
+/// Requests in admission — receiving their body or reserving memory for it — by arrival.
+/// Under memory pressure only the oldest of them waits for memory; the others are refused
+/// at once (503 + Retry-After) and release what they hold (the wait-die rule). Without it,
+/// 60 clients each halfway through a 2 MB body can hold the whole limit between them while
+/// each waits for more, and none completes; with it the oldest always completes.
+#[derive(Debug, Default)]
+pub struct Admissions {
+    next: AtomicU64,
+    open: Mutex<BTreeSet<u64>>,
+}
+
+/// One request's place in [`Admissions`]; it leaves on drop.
+#[derive(Debug)]
+pub struct Ticket<'a> {
+    admissions: &'a Admissions,
+    id: u64,
+}
+
+impl Admissions {
+    pub fn enter(&self) -> Ticket<'_> {
+        let id = self.next.fetch_add(1, Relaxed);
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+        Ticket {
+            admissions: self,
+            id,
+        }
+    }
+}
+
+impl Ticket<'_> {
+    /// Whether no request that arrived earlier is still in admission.
+    pub fn is_oldest(&self) -> bool {
+        let open = self
+            .admissions
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        open.first() == Some(&self.id)
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.admissions
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
 /// How a body may arrive.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyRules {
@@ -92,9 +149,16 @@ pub struct BodyRules {
     pub memory_wait: Duration,
 }
 
-/// Grows `res` to `total` bytes, waiting up to `wait` for other requests to release
-/// memory; `need` is what the error reports.
-pub async fn reserve(res: &mut Reservation, total: u64, wait: Duration) -> Result<(), BodyError> {
+/// Grows `res` to `total` bytes. When that does not fit now, a request that holds nothing
+/// yet, or the oldest in admission, waits up to `wait` for others to release memory; any
+/// other is refused at once ([`Admissions`]: no request waits while holding memory another
+/// waits for, except the oldest, which every other gives way to).
+pub async fn reserve(
+    res: &mut Reservation,
+    total: u64,
+    wait: Duration,
+    ticket: &Ticket<'_>,
+) -> Result<(), BodyError> {
     let until = Instant::now() + wait;
     loop {
         if res.try_resize_to(total) {
@@ -107,10 +171,32 @@ pub async fn reserve(res: &mut Reservation, total: u64, wait: Duration) -> Resul
                 limit: gate.limit(),
             });
         }
-        if Instant::now() >= until {
+        let may_wait = res.bytes() == 0 || ticket.is_oldest();
+        if Instant::now() >= until || !may_wait {
             return Err(BodyError::Busy {
                 need: total,
                 reserved: gate.reserved(),
+                limit: gate.limit(),
+            });
+        }
+        tokio::time::sleep(MEMORY_POLL).await;
+    }
+}
+
+/// Waits (holding nothing) until `need` bytes are free at the gate, at most `wait`: a body
+/// that cannot complete now is not started, so it does not take memory from those that
+/// can. A check, not a reservation — the body then reserves its bytes as they arrive.
+pub async fn await_room(gate: &Gate, need: u64, wait: Duration) -> Result<(), BodyError> {
+    let until = Instant::now() + wait;
+    loop {
+        let reserved = gate.reserved();
+        if gate.limit().saturating_sub(reserved) >= need {
+            return Ok(());
+        }
+        if Instant::now() >= until {
+            return Err(BodyError::Busy {
+                need,
+                reserved,
                 limit: gate.limit(),
             });
         }
@@ -128,6 +214,7 @@ pub async fn read_body(
     announced: Option<u64>,
     rules: &BodyRules,
     res: &mut Reservation,
+    ticket: &Ticket<'_>,
     projected: impl Fn(u64) -> u64,
 ) -> Result<Vec<u8>, BodyError> {
     let limit = res.gate().limit();
@@ -181,11 +268,13 @@ pub async fn read_body(
         }
         if got as usize > buf.capacity() {
             // Doubling keeps appends amortised; the reservation covers the capacity.
+            // Never past the announced length: a body of known size ends in one buffer.
             let cap = (got as usize)
                 .max(buf.capacity().saturating_mul(2))
                 .min(rules.max_body)
+                .min(announced.map_or(usize::MAX, |n| n as usize))
                 .max(got as usize);
-            reserve(res, base + cap as u64, rules.memory_wait).await?;
+            reserve(res, base + cap as u64, rules.memory_wait, ticket).await?;
             buf.reserve_exact(cap - buf.len());
         }
         buf.extend_from_slice(&data);
@@ -374,6 +463,18 @@ mod tests {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         e.write_all(data).unwrap();
         e.finish().unwrap()
+    }
+
+    #[test]
+    fn only_the_oldest_ticket_may_wait() {
+        let a = Admissions::default();
+        let first = a.enter();
+        let second = a.enter();
+        assert!(first.is_oldest() && !second.is_oldest());
+        drop(first);
+        assert!(second.is_oldest());
+        let third = a.enter();
+        assert!(!third.is_oldest());
     }
 
     #[test]

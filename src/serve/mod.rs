@@ -13,6 +13,7 @@
 //! | [`router`] | the routes: KServe v2 endpoints, `/metrics`; inference admission and queueing | no |
 //! | [`supervisor`] | watchdog pings, thermal sample, `STATUS=` every second | no |
 //! | [`worker`] | the queue and the inference workers | model |
+//! | [`retention`] | glibc's allocator kept from retaining freed request memory | — |
 //!
 //! Threads: one HTTP thread (a current-thread tokio runtime: every listener and every
 //! connection are tasks on it), `workers` inference workers, one supervisor (watchdog,
@@ -26,6 +27,7 @@ mod conn;
 pub mod http;
 pub mod kserve;
 pub mod metrics;
+mod retention;
 mod router;
 mod supervisor;
 pub mod systemd;
@@ -132,6 +134,8 @@ pub(crate) struct Shared {
     pub notifier: systemd::Notifier,
     /// Open connections per peer (the per-peer cap).
     pub peers: conn::Peers,
+    /// Requests in admission, oldest first (who may wait for memory).
+    pub admissions: http::Admissions,
     /// Turned true once to stop: the HTTP side closes its listeners and drains.
     pub stop: tokio::sync::watch::Sender<bool>,
 }
@@ -292,6 +296,9 @@ impl Tally {
 
 /// Runs the service until SIGTERM/SIGINT, then drains and returns.
 pub fn run(cfg: Config) -> Result<(), ServeError> {
+    if !retention::bound_allocator_retention(cfg.strict_rss) {
+        log::warn!("cannot bound the allocator's retention (not glibc?): RSS may exceed the RAM budget under large requests");
+    }
     let notifier = systemd::Notifier::from_env();
     notifier.status("starting: binding listeners");
     // Bind first: a taken port fails in milliseconds, not after a model load.
@@ -325,6 +332,7 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
         throttle: Mutex::new(None),
         notifier,
         peers: conn::Peers::default(),
+        admissions: http::Admissions::default(),
         stop,
     });
     let signals = install_signals(&shared)?;

@@ -349,7 +349,13 @@ async fn infer_model(
         )
         .await;
     };
-    let raw = match http::read_body(body, announced, &rules, &mut res, projected).await {
+    let ticket = shared.admissions.enter();
+    if let Some(n) = announced {
+        if let Err(e) = http::await_room(&gate, projected(n), rules.memory_wait).await {
+            return refuse(shared, parts, body, e.response(), started, false).await;
+        }
+    }
+    let raw = match http::read_body(body, announced, &rules, &mut res, &ticket, projected).await {
         Ok(b) => b,
         // A stalled or broken body: nothing more will come worth waiting for.
         Err(e @ (BodyError::Idle(_) | BodyError::Deadline(_) | BodyError::Malformed(_))) => {
@@ -369,6 +375,7 @@ async fn infer_model(
         &mut res,
         n + kserve::decoded_bound(n, json_len) + per_request,
         rules.memory_wait,
+        &ticket,
     )
     .await
     {
@@ -388,9 +395,11 @@ async fn infer_model(
                 t.data.heap_bytes() + preprocess::working_bytes(&t.shape, &t.data, spec)
             })
             .sum::<u64>();
-    if let Err(e) = http::reserve(&mut res, exact, rules.memory_wait).await {
+    if let Err(e) = http::reserve(&mut res, exact, rules.memory_wait, &ticket).await {
         return (e.response(), false);
     }
+    // Admitted: what it holds now is all it will hold.
+    drop(ticket);
     let resp = run(shared, model, req, inputs).await;
     drop(res);
     (resp, false)
