@@ -352,7 +352,7 @@ fn refused_body_status_reaches_python_client() {
 
 #[test]
 fn sigterm_closes_listener_first() {
-    let mut server = Server::start(&[], None, &[]);
+    let server = Server::start(&[], None, &[]);
     let addr = server.addr;
     // A request in flight: its head and half its body are sent.
     let (body, label) = digits_json();
@@ -369,12 +369,7 @@ fn sigterm_closes_listener_first() {
         .unwrap();
     inflight.write_all(&body[..half]).unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let pid = server.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    server.sigterm();
     // The listener closes at once: a new connection is refused by the kernel.
     let start = Instant::now();
     loop {
@@ -399,17 +394,7 @@ fn sigterm_closes_listener_first() {
     assert_eq!(top1(&text), json!(label));
     let mut rest = Vec::new();
     assert_eq!(inflight.read_to_end(&mut rest).unwrap_or(0), 0);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            assert!(status.success(), "exit status {status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "did not exit after the drain");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    let log = server.log.lock().unwrap().clone();
+    let log = server.wait_stopped();
     assert!(
         log.iter().any(|l| l.contains("stopped after 1 successful")),
         "{log:?}"

@@ -204,11 +204,12 @@ pub async fn await_room(gate: &Gate, need: u64, wait: Duration) -> Result<(), Bo
     }
 }
 
-/// Reads the body, reserving its buffer as it grows. `projected(n)` is what a request
-/// with an `n`-byte body will need in all (body, decoding, the model's per-request
-/// memory): when that is over the gate's whole limit the request can never fit and is
-/// refused at once — from the announced length before a byte is read, and again as a
-/// chunked body grows.
+/// Reads the body, reserving its buffer as it grows (never past `announced`).
+/// `projected(n)` is what a request with an `n`-byte body will need in all (body,
+/// decoding, the model's per-request memory): a chunked body whose projection passes the
+/// gate's whole limit can never fit and is refused as it grows. An announced length is
+/// checked by the caller before the body is polled (so a client waiting for
+/// `100 Continue` sends nothing).
 pub async fn read_body(
     body: &mut Incoming,
     announced: Option<u64>,
@@ -222,17 +223,6 @@ pub async fn read_body(
         let need = projected(n);
         (need > limit).then_some(BodyError::NeverFits { need, limit })
     };
-    if let Some(n) = announced {
-        if n > rules.max_body as u64 {
-            return Err(BodyError::TooLarge {
-                limit: rules.max_body,
-                got: n,
-            });
-        }
-        if let Some(e) = never(n) {
-            return Err(e);
-        }
-    }
     let mut buf: Vec<u8> = Vec::new();
     let base = res.bytes();
     loop {

@@ -144,13 +144,6 @@ impl ServerMetrics {
             .unwrap_or(STATUSES.len() - 1);
         self.statuses[i].fetch_add(1, Relaxed);
     }
-
-    pub fn status_count(&self, status: u16) -> u64 {
-        STATUSES
-            .iter()
-            .position(|&s| s == status)
-            .map_or(0, |i| self.statuses[i].load(Relaxed))
-    }
 }
 
 /// A sample for [`render`]: one labelled model.

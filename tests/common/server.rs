@@ -106,13 +106,24 @@ impl Server {
     }
 
     /// SIGTERM; the process must drain and exit 0 within 15 s.
-    pub fn stop(mut self) -> Vec<String> {
+    pub fn stop(self) -> Vec<String> {
+        self.sigterm();
+        self.wait_stopped()
+    }
+
+    /// Sends SIGTERM and returns at once (the test goes on during the drain).
+    pub fn sigterm(&self) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .unwrap()
             .success());
+    }
+
+    /// After [`Server::sigterm`]: the process exits 0 within 15 s, having sent
+    /// STOPPING=1; returns its log.
+    pub fn wait_stopped(mut self) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
