@@ -7,7 +7,7 @@
 #   (`cargo test --features tflite`, LiteRT's aarch64 library from cross/fetch-litert.sh)
 #   on cortex-a72 (no dot-product: tract's SMLAL int8 kernels), then on cortex-a76
 #   (FEAT_DotProd: tract's SDOT kernels) the tests that compute with those kernels (unit
-#   tests, golden, onnx_ops, inputs_and_dtypes, accuracy, real_models, tflite_backend); the
+#   tests, golden, onnx_ops, inputs_and_dtypes, accuracy, tflite_backend); the
 #   service, CLI, plan and packaging tests do not depend on the CPU model and run once.
 # armv7-unknown-linux-gnueabihf: the golden-model tests (`cargo test --test golden`; there is
 #   no armv7 LiteRT library) on a Cortex-A7 with tract's NEON kernels, then with its generic
@@ -42,8 +42,10 @@ aarch64-unknown-linux-gnu)
     done
     if [ -z "${BELTBOX_QEMU_CPUS:-}" ]; then
         subset_run="QEMU_CPU=cortex-a76"
+        # Not real_models (155 s): the same int8 kernels run under golden, onnx_ops and
+        # accuracy here, and CI's minutes pay for fuzzing (docs/cross.md).
         subset_args=(--lib --test golden --test onnx_ops --test inputs_and_dtypes
-            --test accuracy --test real_models --test tflite_backend)
+            --test accuracy --test tflite_backend)
     fi
     ;;
 armv7-unknown-linux-gnueabihf)

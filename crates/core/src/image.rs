@@ -85,7 +85,9 @@ pub fn peek(bytes: &[u8]) -> Option<Peek> {
             width,
             height,
             channels: kept,
-            decode_bytes: px * (decoded * depth + 2 * decoded + 2 * kept as u64 + 1),
+            // Saturating: a forged header may claim 2^32 x 2^32 pixels (found by the
+            // `image` fuzz target); decoding refuses it, the reservation must not wrap.
+            decode_bytes: px.saturating_mul(decoded * depth + 2 * decoded + 2 * kept as u64 + 1),
         });
     }
     if is_pgm(bytes) {
@@ -293,6 +295,22 @@ mod tests {
         assert_eq!(peek(&png).unwrap().decode_bytes, 10 * (3 + 6 + 6 + 1));
         assert_eq!(dims(&png[..20]), None);
         assert_eq!(dims(b"GIF89a"), None);
+    }
+
+    /// Found by `fuzz/fuzz_targets/image.rs`: a PNG header claiming 0x44415478 x 0x9c636060
+    /// pixels overflowed the reservation arithmetic (a panic in debug, a tiny reservation
+    /// in release). The peek saturates; decoding refuses the image.
+    #[test]
+    fn forged_huge_dimensions_do_not_wrap_the_reservation() {
+        let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDRDATx\x9cc``dbfaec";
+        let p = peek(png).unwrap();
+        assert_eq!((p.width, p.height), (0x4441_5478, 0x9c63_6060));
+        assert_eq!(p.decode_bytes, u64::MAX);
+        assert!(decode_png(png).is_err());
+        // A PGM's numbers have at most 9 digits: its largest claim still fits.
+        let pgm = b"P5 999999999 999999999 255\n";
+        assert_eq!(peek(pgm).unwrap().decode_bytes, 2 * 999_999_999u64.pow(2));
+        assert!(decode_pgm(pgm).is_err());
     }
 
     #[test]
