@@ -145,30 +145,99 @@ impl fmt::Display for Datatype {
 struct RawRequest<'a> {
     #[serde(default)]
     id: Option<String>,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
+    #[serde(borrow, default)]
+    parameters: Option<Box<Params<'a>>>,
     #[serde(borrow)]
-    inputs: Vec<RawInput<'a>>,
-    #[serde(default)]
-    outputs: Option<Vec<RawOutput>>,
+    inputs: AtMost<RawInput<'a>, Tensors>,
+    #[serde(borrow, default)]
+    outputs: Option<AtMost<RawOutput<'a>, Tensors>>,
 }
 
 #[derive(Deserialize)]
 struct RawInput<'a> {
     name: String,
-    shape: Vec<i64>,
+    shape: AtMost<i64, Rank>,
     datatype: String,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
+    #[serde(borrow, default)]
+    parameters: Option<Box<Params<'a>>>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
-struct RawOutput {
+struct RawOutput<'a> {
     name: String,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
+    #[serde(borrow, default)]
+    parameters: Option<Box<Params<'a>>>,
+}
+
+/// Most inputs or outputs one request may name (a model has a handful).
+pub const MAX_TENSORS: usize = 1024;
+/// Most dimensions a request tensor may have.
+pub const MAX_RANK: usize = 32;
+
+/// How long a JSON array in the envelope may be.
+trait Limit {
+    const MAX: usize;
+    const WHAT: &'static str;
+}
+struct Tensors;
+impl Limit for Tensors {
+    const MAX: usize = MAX_TENSORS;
+    const WHAT: &'static str = "inputs or outputs";
+}
+struct Rank;
+impl Limit for Rank {
+    const MAX: usize = MAX_RANK;
+    const WHAT: &'static str = "dimensions in a shape";
+}
+
+/// A JSON array refused as soon as it passes its limit, before its vector grows: a
+/// million `{"name":""}` outputs in 1 MB of JSON cost ~10 MB of heap, beyond
+/// [`decoded_bound`] (`tests/kserve_memory.rs`).
+struct AtMost<T, L>(Vec<T>, std::marker::PhantomData<L>);
+
+impl<'de, T: Deserialize<'de>, L: Limit> Deserialize<'de> for AtMost<T, L> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Items<T, L>(std::marker::PhantomData<(T, L)>);
+        impl<'de, T: Deserialize<'de>, L: Limit> Visitor<'de> for Items<T, L> {
+            type Value = AtMost<T, L>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "an array of at most {} {}", L::MAX, L::WHAT)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    if out.len() == L::MAX {
+                        return Err(serde::de::Error::custom(format!(
+                            "more than {} {}",
+                            L::MAX,
+                            L::WHAT
+                        )));
+                    }
+                    out.push(item);
+                }
+                Ok(AtMost(out, std::marker::PhantomData))
+            }
+        }
+        d.deserialize_seq(Items(std::marker::PhantomData))
+    }
+}
+
+/// The `parameters` beltbox reads; every other key is skipped without being built. Parsed
+/// into `serde_json::Value`s, a client's `"parameters": {"x": [0,0,0,…]}` took ~16x its
+/// text (32 bytes a `0,`), beyond [`decoded_bound`]; boxed, so an input or output without
+/// parameters costs one pointer (`tests/kserve_memory.rs` measures the bound).
+#[derive(Deserialize, Default)]
+struct Params<'a> {
+    #[serde(borrow, default)]
+    binary_data_size: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    binary_data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    binary_data_output: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    classification: Option<&'a RawValue>,
 }
 
 /// Decoded request tensor data.
@@ -224,17 +293,24 @@ pub fn json_depth(bytes: &[u8]) -> usize {
     max
 }
 
-fn param_bool(p: &Option<Map<String, Value>>, key: &str) -> bool {
-    p.as_ref()
-        .and_then(|m| m.get(key))
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
+/// A boolean parameter: `true` only when it is JSON `true`.
+fn param_bool<'a>(
+    p: &'a Option<Box<Params<'a>>>,
+    key: fn(&'a Params<'a>) -> Option<&'a RawValue>,
+) -> bool {
+    p.as_deref()
+        .and_then(key)
+        .is_some_and(|v| serde_json::from_str::<bool>(v.get()).unwrap_or(false))
 }
 
-fn param_u64(p: &Option<Map<String, Value>>, key: &str) -> Option<Result<u64, ()>> {
-    p.as_ref()
-        .and_then(|m| m.get(key))
-        .map(|v| v.as_u64().ok_or(()))
+/// A count parameter: `None` when absent, `Err` when not a non-negative integer.
+fn param_u64<'a>(
+    p: &'a Option<Box<Params<'a>>>,
+    key: fn(&'a Params<'a>) -> Option<&'a RawValue>,
+) -> Option<Result<u64, ()>> {
+    p.as_deref()
+        .and_then(key)
+        .map(|v| serde_json::from_str::<u64>(v.get()).map_err(|_| ()))
 }
 
 /// Splits a body into its JSON part and binary tail (`Inference-Header-Content-Length`).
@@ -287,21 +363,21 @@ pub fn decode_request(
     }
     let raw: RawRequest =
         serde_json::from_slice(json_part).map_err(|e| KserveError::Json(e.to_string()))?;
-    if raw.inputs.is_empty() {
+    if raw.inputs.0.is_empty() {
         return Err(KserveError::Invalid("`inputs` is empty".into()));
     }
     let mut offset = 0usize;
-    let mut inputs = Vec::with_capacity(raw.inputs.len());
-    for inp in raw.inputs {
+    let mut inputs = Vec::with_capacity(raw.inputs.0.len());
+    for inp in raw.inputs.0 {
         let bad = |message: String| KserveError::Input {
             name: inp.name.clone(),
             message,
         };
         let datatype = Datatype::parse(&inp.datatype)
             .ok_or_else(|| bad(format!("unknown datatype `{}`", inp.datatype)))?;
-        let mut shape = Vec::with_capacity(inp.shape.len());
+        let mut shape = Vec::with_capacity(inp.shape.0.len());
         let mut count: u64 = 1;
-        for &d in &inp.shape {
+        for &d in &inp.shape.0 {
             let d =
                 u64::try_from(d).map_err(|_| bad(format!("negative dimension {d} in shape")))?;
             count = count.saturating_mul(d);
@@ -314,7 +390,7 @@ pub fn decode_request(
                 limit: limits.max_elements,
             });
         }
-        let data = match (param_u64(&inp.parameters, "binary_data_size"), inp.data) {
+        let data = match (param_u64(&inp.parameters, |p| p.binary_data_size), inp.data) {
             (Some(Err(())), _) => {
                 return Err(bad(
                     "parameter `binary_data_size` must be a non-negative integer".into(),
@@ -345,7 +421,7 @@ pub fn decode_request(
         if data.len() as u64 != count {
             return Err(bad(format!(
                 "shape {:?} needs {count} elements but {} were sent",
-                inp.shape,
+                inp.shape.0,
                 data.len()
             )));
         }
@@ -365,9 +441,10 @@ pub fn decode_request(
     let outputs = match raw.outputs {
         None => None,
         Some(list) => Some(
-            list.into_iter()
+            list.0
+                .into_iter()
                 .map(|o| {
-                    let classification = match param_u64(&o.parameters, "classification") {
+                    let classification = match param_u64(&o.parameters, |p| p.classification) {
                         None => None,
                         Some(Ok(k)) if k > 0 => Some(usize::try_from(k).unwrap_or(usize::MAX)),
                         Some(_) => {
@@ -378,7 +455,7 @@ pub fn decode_request(
                         }
                     };
                     Ok(RequestedOutput {
-                        binary: param_bool(&o.parameters, "binary_data"),
+                        binary: param_bool(&o.parameters, |p| p.binary_data),
                         classification,
                         name: o.name,
                     })
@@ -390,7 +467,7 @@ pub fn decode_request(
         id: raw.id,
         inputs,
         outputs,
-        binary_data_output: param_bool(&raw.parameters, "binary_data_output"),
+        binary_data_output: param_bool(&raw.parameters, |p| p.binary_data_output),
     })
 }
 
@@ -1007,6 +1084,37 @@ mod tests {
             dec(r#"{"inputs":[]}"#),
             Err(KserveError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn envelope_arrays_and_parameters_are_bounded() {
+        let shape = vec!["1"; MAX_RANK + 1].join(",");
+        let e = dec(&format!(
+            r#"{{"inputs":[{{"name":"x","shape":[{shape}],"datatype":"FP32","data":[1]}}]}}"#
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("more than 32 dimensions in a shape"),
+            "{e}"
+        );
+        let outs = vec![r#"{"name":"y"}"#; MAX_TENSORS + 1].join(",");
+        let e = dec(&format!(
+            r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"FP32","data":[1]}}],"outputs":[{outs}]}}"#
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("more than 1024 inputs or outputs"),
+            "{e}"
+        );
+        // Unknown parameters are skipped, known ones keep their JSON meaning.
+        let r = dec(r#"{"parameters":{"x":[1,{"y":2}],"binary_data_output":true},"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1],"parameters":{"z":null}}],"outputs":[{"name":"y","parameters":{"binary_data":1,"classification":3}}]}"#)
+            .unwrap();
+        assert!(r.binary_data_output);
+        let out = &r.outputs.unwrap()[0];
+        assert_eq!((out.binary, out.classification), (false, Some(3)));
+        let e = dec(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":-8}}]}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("non-negative integer"), "{e}");
     }
 
     #[test]

@@ -13,8 +13,9 @@
 //! With `memory.strict_rss = true`: a fixed 64 KiB mmap threshold as well, so every large
 //! block is its own mapping, returned to the kernel when freed — VmHWM 60.6–61.9 MiB in
 //! the run above. It is not the default because every large block of tract's is then a
-//! fresh mapping too: a MobileNetV2 inference took 12–35 % longer (`beltbox bench` under
-//! `MALLOC_MMAP_THRESHOLD_`, 64 KiB to 4 MiB). Trimming the arenas after large requests
+//! fresh mapping too, faulted in on every inference: +3 165 page faults and +26 % CPU per
+//! MobileNetV2 INT8 inference at a 256 KiB threshold, and a 1 MiB threshold (+3 %) no
+//! longer bounds the peak (table in docs/service.md, "RSS"). Trimming the arenas after large requests
 //! (`malloc_trim`) was tried and did not bound the peak (VmHWM 66–70 MiB).
 
 /// Arenas glibc may create.
