@@ -25,12 +25,11 @@ fn decode_peak(body: &[u8], json_len: Option<usize>) -> u64 {
         max_json_depth: 32,
     };
     let header = json_len.map(|n| n.to_string());
-    let before = alloc::current_bytes();
-    alloc::reset_peak();
-    if let Ok((json, binary)) = kserve::split_body(body, header.as_deref()) {
-        let _ = std::hint::black_box(kserve::decode_request(json, binary, &limits));
-    }
-    (alloc::peak_bytes() - before) as u64
+    alloc::peak_during(|| {
+        if let Ok((json, binary)) = kserve::split_body(body, header.as_deref()) {
+            let _ = std::hint::black_box(kserve::decode_request(json, binary, &limits));
+        }
+    }) as u64
 }
 
 #[test]

@@ -219,10 +219,6 @@ pub async fn read_body(
     projected: impl Fn(u64) -> u64,
 ) -> Result<Vec<u8>, BodyError> {
     let limit = res.gate().limit();
-    let never = |n: u64| {
-        let need = projected(n);
-        (need > limit).then_some(BodyError::NeverFits { need, limit })
-    };
     let mut buf: Vec<u8> = Vec::new();
     let base = res.bytes();
     loop {
@@ -252,8 +248,9 @@ pub async fn read_body(
             });
         }
         if announced.is_none() {
-            if let Some(e) = never(got) {
-                return Err(e);
+            let need = projected(got);
+            if need > limit {
+                return Err(BodyError::NeverFits { need, limit });
             }
         }
         if got as usize > buf.capacity() {

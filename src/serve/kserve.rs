@@ -228,7 +228,7 @@ impl<'de, T: Deserialize<'de>, L: Limit> Deserialize<'de> for AtMost<T, L> {
 /// into `serde_json::Value`s, a client's `"parameters": {"x": [0,0,0,…]}` took ~16x its
 /// text (32 bytes a `0,`), beyond [`decoded_bound`]; boxed, so an input or output without
 /// parameters costs one pointer (`tests/kserve_memory.rs` measures the bound).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 struct Params<'a> {
     #[serde(borrow, default)]
     binary_data_size: Option<&'a RawValue>,

@@ -15,8 +15,8 @@
 //! the run above. It is not the default because every large block of tract's is then a
 //! fresh mapping too, faulted in on every inference: +3 165 page faults and +26 % CPU per
 //! MobileNetV2 INT8 inference at a 256 KiB threshold, and a 1 MiB threshold (+3 %) no
-//! longer bounds the peak (table in docs/service.md, "RSS"). Trimming the arenas after large requests
-//! (`malloc_trim`) was tried and did not bound the peak (VmHWM 66–70 MiB).
+//! longer bounds the peak (table in docs/service.md, "RSS"). Trimming the arenas after
+//! large requests (`malloc_trim`) was tried and did not bound the peak (VmHWM 66–70 MiB).
 
 /// Arenas glibc may create.
 pub const ARENA_MAX: i32 = 2;

@@ -26,10 +26,7 @@ fn spec(shape: [usize; 4], layout: &str, color: &str, mode: &str) -> InputSpec {
 
 /// Heap high-water mark above the current heap while `f` runs.
 fn peak_of(f: impl FnOnce()) -> u64 {
-    let before = alloc::current_bytes();
-    alloc::reset_peak();
-    f();
-    (alloc::peak_bytes() - before) as u64
+    alloc::peak_during(f) as u64
 }
 
 fn png(w: u32, h: u32, rgb: bool) -> Vec<u8> {

@@ -109,6 +109,15 @@ pub fn reset_peak() -> usize {
     PEAK.swap(CURRENT.load(Relaxed), Relaxed)
 }
 
+/// Heap high-water mark above the live bytes at the start, while `f` runs (what `f`
+/// needed at its peak). Meaningful only where [`CountingAlloc`] is installed.
+pub fn peak_during(f: impl FnOnce()) -> usize {
+    let before = current_bytes();
+    reset_peak();
+    f();
+    peak_bytes().saturating_sub(before)
+}
+
 /// Current and peak bytes, when the counting allocator is installed.
 pub fn snapshot() -> Option<(usize, usize)> {
     installed().then(|| (current_bytes(), peak_bytes()))
