@@ -13,7 +13,9 @@ cd "$(dirname "$0")/.."
 SECS="${1:-60}"
 CARGO_FUZZ_VERSION=0.13.2
 if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
-    cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION"
+    # --debug: a CLI that only drives cargo needs no optimisation, and CI pays for its
+    # build on every fresh machine (docs/fuzzing.md has the times).
+    cargo install cargo-fuzz --locked --debug --version "$CARGO_FUZZ_VERSION"
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 work="$CARGO_TARGET_DIR/fuzz-corpus"
