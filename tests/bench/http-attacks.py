@@ -15,7 +15,9 @@ For each binary, in one run on this machine (the table in docs/service.md):
    budget, each retrying its 503s until served: VmHWM of the service vs the budget (the
    AFTER binary also with `memory.strict_rss = true`);
 4. 1080p: a 1920x1080 RGB UINT8 frame (binary extension) to the MobileNetV2-shaped INT8
-   model, 40 times in sequence: end-to-end p50/p95 as the client sees it.
+   model, 40 times in sequence: end-to-end p50/p95 as the client sees it, and the
+   service's CPU time and minor page faults per request (/proc/PID/stat): what returning
+   request memory to the kernel costs the model run.
 
 Only the Python standard library; prints a table. A benchmark, not a test: nothing asserts.
 """
@@ -198,8 +200,17 @@ def rss_run(binary, *extra):
     return peak, served[0], refused[0], failed[0], took, len(body)
 
 
-def frame_run(binary, runs):
-    proc, host, port = start(binary, "--model", "mobilenetv2-bench-int8-qdq")
+def cpu_and_faults(pid):
+    """(CPU seconds, minor page faults) of a process so far, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # After the command: state is field 3; minflt 10, utime 14, stime 15 (proc(5)).
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, int(fields[7])
+
+
+def frame_run(binary, runs, *extra):
+    proc, host, port = start(binary, "--model", "mobilenetv2-bench-int8-qdq", *extra)
     h, w = 1080, 1920
     pixels = bytes((x * 255 // w + y) % 256 for y in range(h) for x in range(w) for _ in range(3))
     header = json.dumps({"inputs": [{"name": "input", "shape": [h, w, 3], "datatype": "UINT8",
@@ -214,15 +225,19 @@ def frame_run(binary, runs):
                            "Inference-Header-Content-Length": str(len(header))})
         r = c.getresponse()
         r.read()
+        if i == 1:
+            cpu0, faults0 = cpu_and_faults(proc.pid)
         if i >= 2:  # warm-up
             lat.append((time.perf_counter() - t0) * 1000)
             statuses[r.status] = statuses.get(r.status, 0) + 1
         if r.will_close:
             c.close()
             c = http.client.HTTPConnection(host, port, timeout=120)
+    cpu1, faults1 = cpu_and_faults(proc.pid)
     stop(proc)
     lat.sort()
-    return statuses, statistics.median(lat), lat[int(0.95 * (len(lat) - 1))]
+    return (statuses, statistics.median(lat), lat[int(0.95 * (len(lat) - 1))],
+            (cpu1 - cpu0) * 1000 / runs, (faults1 - faults0) / runs)
 
 
 def main():
@@ -254,6 +269,7 @@ def main():
             with open(strict, "w") as f:
                 f.write("[memory]\nstrict_rss = true\n")
             r["rss_strict"] = rss_run(binary, "--config", strict)
+            r["frame_strict"] = frame_run(binary, 10 if quick else 40, "--config", strict)
         r["frame"] = frame_run(binary, 10 if quick else 40)
         print(f"{name}: {r}", file=sys.stderr)
 
@@ -277,9 +293,11 @@ def main():
     print(f"| the same, memory.strict_rss = true | — | VmHWM {peak / 2**20:.1f} MiB; {served}/60 served, {refused} x 503, {failed} resets, {took:.1f} s |")
     cells = []
     for x in (b, a):
-        statuses, p50, p95 = x["frame"]
-        cells.append(f"{statuses}: p50 {p50:.1f} ms, p95 {p95:.1f} ms")
+        statuses, p50, p95, cpu, faults = x["frame"]
+        cells.append(f"{statuses}: p50 {p50:.1f} ms, p95 {p95:.1f} ms; service CPU {cpu:.1f} ms, {faults:.0f} page faults per request")
     print(f"| 1080p UINT8 frame, MobileNetV2 INT8, end to end | {cells[0]} | {cells[1]} |")
+    statuses, p50, p95, cpu, faults = a["frame_strict"]
+    print(f"| the same, memory.strict_rss = true | — | {statuses}: p50 {p50:.1f} ms, p95 {p95:.1f} ms; service CPU {cpu:.1f} ms, {faults:.0f} page faults per request |")
 
 
 if __name__ == "__main__":
