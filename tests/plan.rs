@@ -207,12 +207,12 @@ fn many_inferences_stay_within_the_plan_mobilenet() {
 fn camera_frame_size_drives_the_preprocessing_buffers() {
     let small = plan_json(&["--model", "digits-int8-qdq"]);
     let hd = plan_json(&["--model", "digits-int8-qdq", "--frame", "1280x720"]);
-    // Gray 1280x720: encoded 1 + decoded 2 + converted 4 bytes per pixel, plus the
-    // unchanged 8x8 tensor buffers.
+    // Gray 1280x720: encoded 1 + decoded 2 bytes per pixel (colour conversion is read
+    // through, not built), plus the unchanged 8x8 tensor buffers.
     let px = 1280 * 720;
     assert_eq!(
         u(&hd, "preprocess_bytes") - u(&small, "preprocess_bytes"),
-        (px - 64) * 7
+        (px - 64) * 3
     );
     assert!(u(&hd, "per_request_bytes") >= u(&hd, "preprocess_bytes"));
     let o = beltbox(&["plan", "--model", "digits-int8-qdq", "--frame", "1280"]);

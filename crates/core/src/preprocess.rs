@@ -215,17 +215,16 @@ pub fn from_elements(
 
 /// An upper bound, in bytes, of the heap [`from_elements`] allocates beyond `data` itself
 /// for a request tensor of `shape`: a decoded file, image samples widened to u16, the
-/// colour-converted and resized f32 planes, the normalised and the quantised model
-/// tensor. The service reserves it against its memory budget before preprocessing runs
-/// (docs/memory.md, "Request memory"), so a frame of any size is accounted, not only the
-/// model's own.
+/// resized f32 plane (colour conversion is read through, never built), the normalised and
+/// the quantised model tensor. The service reserves it against its memory budget before
+/// preprocessing runs (docs/memory.md, "Request memory"), so a frame of any size is
+/// accounted, not only the model's own.
 pub fn working_bytes(shape: &[usize], data: &Elements, spec: &InputSpec) -> u64 {
     let (h, w, c) = spec.hwc();
     let out = (h * w * c) as u64;
     // Live together at the peak of `from_image` for a `src_px`-pixel source of `src_c`
-    // channels: the u16 samples, the colour-converted f32 plane, the resized plane (a
-    // letterbox also its unpadded inner plane), the normalised tensor and its quantised
-    // copy.
+    // channels: the u16 samples, the resized plane (a letterbox also its unpadded inner
+    // plane), the normalised tensor and its quantised copy.
     let resized = match spec.preprocess.as_ref().map(|p| p.resize_mode) {
         Some(ResizeMode::Letterbox) => 8 * out,
         _ => 4 * out,
@@ -234,9 +233,7 @@ pub fn working_bytes(shape: &[usize], data: &Elements, spec: &InputSpec) -> u64 
         DType::Float32 => 0,
         d => out * d.size_of() as u64,
     };
-    let image = |src_px: u64, src_c: u64| {
-        2 * src_px * src_c + 4 * src_px * c as u64 + resized + 4 * out + quantised
-    };
+    let image = |src_px: u64, src_c: u64| 2 * src_px * src_c + resized + 4 * out + quantised;
     match data {
         Elements::U8(_) if !spec.accepts(shape) => match shape {
             [h, w] => image((h * w) as u64, 1),
@@ -350,7 +347,16 @@ pub fn from_image(img: &Image, spec: &InputSpec) -> Result<Tensor, PreprocessErr
     let (h, w, c) = spec.hwc();
     let converted = convert_color(img, pre.color);
     let maxval = img.maxval as f32;
-    let resized = fit(&converted, img.width, img.height, c, w, h, pre, maxval);
+    let resized = fit(
+        |k| converted.at(k),
+        img.width,
+        img.height,
+        c,
+        w,
+        h,
+        pre,
+        maxval,
+    );
     // Normalise in HWC order, then lay out; keep the op order of the reference pipeline.
     // BGR models get the channels reversed; mean/std are in the tensor's channel order.
     let mut out = vec![0f32; h * w * c];
@@ -438,11 +444,11 @@ pub fn placement(
     }
 }
 
-/// Resizes `src` (`sw` x `sh`, `c` channels) to the tensor's `dw` x `dh` as [`placement`]
-/// says: stretched, or letterboxed on a canvas of `pre.pad`.
+/// Resizes `src` (`sw` x `sh`, `c` channels, read by flat index) to the tensor's `dw` x
+/// `dh` as [`placement`] says: stretched, or letterboxed on a canvas of `pre.pad`.
 #[allow(clippy::too_many_arguments)]
 fn fit(
-    src: &[f32],
+    src: impl Fn(usize) -> f32,
     sw: usize,
     sh: usize,
     c: usize,
@@ -452,11 +458,11 @@ fn fit(
     maxval: f32,
 ) -> Vec<f32> {
     if pre.resize_mode == ResizeMode::Stretch {
-        return resize_bilinear(src, sw, sh, c, dw, dh);
+        return resize_bilinear(&src, sw, sh, c, dw, dh);
     }
     let p = placement(pre, sw, sh, dw, dh);
     let (nw, nh) = (p.width, p.height);
-    let inner = resize_bilinear(src, sw, sh, c, nw, nh);
+    let inner = resize_bilinear(&src, sw, sh, c, nw, nh);
     let pad = pre.pad / 255.0 * maxval;
     let mut out = vec![pad; dw * dh * c];
     // Whole numbers by construction (integer halves of the padding).
@@ -469,29 +475,65 @@ fn fit(
     out
 }
 
-/// Gray<->RGB conversion in f32 sample units (BT.601 luma for RGB -> gray).
-fn convert_color(img: &Image, want: Color) -> Vec<f32> {
-    let px = img.width * img.height;
-    match (img.channels, want) {
-        (1, Color::Gray) | (3, Color::Rgb | Color::Bgr) => {
-            img.samples.iter().map(|&s| s as f32).collect()
-        }
-        (1, Color::Rgb | Color::Bgr) => img.samples.iter().flat_map(|&s| [s as f32; 3]).collect(),
-        (_, Color::Gray) => (0..px)
-            .map(|i| {
-                let p = &img.samples[i * 3..i * 3 + 3];
+/// The colour-converted frame in f32 sample units, read a sample at a time rather than
+/// built: a 1080p RGB frame would be a 25 MB f32 copy (on top of its 12 MB of u16 samples)
+/// only to be resized to a 224x224 tensor, and every request would allocate it again.
+struct Converted<'a> {
+    samples: &'a [u16],
+    kind: Conversion,
+}
+
+#[derive(Clone, Copy)]
+enum Conversion {
+    Same,
+    GrayToRgb,
+    /// BT.601 luma.
+    RgbToGray,
+}
+
+impl Converted<'_> {
+    /// Sample `k` of the converted frame, `k = (y * width + x) * channels + ch`: the value
+    /// the materialised plane held, computed by the same expression.
+    #[inline]
+    fn at(&self, k: usize) -> f32 {
+        match self.kind {
+            Conversion::Same => self.samples[k] as f32,
+            Conversion::GrayToRgb => self.samples[k / 3] as f32,
+            Conversion::RgbToGray => {
+                let p = &self.samples[k * 3..k * 3 + 3];
                 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32
-            })
-            .collect(),
-        (_, Color::Rgb | Color::Bgr) => img.samples.iter().map(|&s| s as f32).collect(),
+            }
+        }
     }
 }
 
-/// Bilinear resize with half-pixel centres (what OpenCV/PIL/TF2 `resize` do).
-/// Same-size input is returned untouched so exact golden inputs stay exact.
-fn resize_bilinear(src: &[f32], sw: usize, sh: usize, c: usize, dw: usize, dh: usize) -> Vec<f32> {
+/// Gray<->RGB conversion of `img` into `want`'s channels.
+fn convert_color(img: &Image, want: Color) -> Converted<'_> {
+    let kind = match (img.channels, want) {
+        (1, Color::Gray) | (3, Color::Rgb | Color::Bgr) => Conversion::Same,
+        (1, Color::Rgb | Color::Bgr) => Conversion::GrayToRgb,
+        (_, Color::Gray) => Conversion::RgbToGray,
+        (_, Color::Rgb | Color::Bgr) => Conversion::Same,
+    };
+    Converted {
+        samples: &img.samples,
+        kind,
+    }
+}
+
+/// Bilinear resize with half-pixel centres (what OpenCV/PIL/TF2 `resize` do) of a frame
+/// read by flat index. Same-size input is copied untouched so exact golden inputs stay
+/// exact.
+fn resize_bilinear(
+    src: &impl Fn(usize) -> f32,
+    sw: usize,
+    sh: usize,
+    c: usize,
+    dw: usize,
+    dh: usize,
+) -> Vec<f32> {
     if sw == dw && sh == dh {
-        return src.to_vec();
+        return (0..sw * sh * c).map(src).collect();
     }
     let mut out = vec![0f32; dw * dh * c];
     let sx = sw as f32 / dw as f32;
@@ -507,7 +549,7 @@ fn resize_bilinear(src: &[f32], sw: usize, sh: usize, c: usize, dw: usize, dh: u
             let x1 = (x0 + 1).min(sw - 1);
             let wx = fx - x0 as f32;
             for ch in 0..c {
-                let p = |yy: usize, xx: usize| src[(yy * sw + xx) * c + ch];
+                let p = |yy: usize, xx: usize| src((yy * sw + xx) * c + ch);
                 let top = p(y0, x0) + (p(y0, x1) - p(y0, x0)) * wx;
                 let bottom = p(y1, x0) + (p(y1, x1) - p(y1, x0)) * wx;
                 out[(y * dw + x) * c + ch] = top + (bottom - top) * wy;
@@ -695,16 +737,58 @@ mod tests {
     #[test]
     fn resize_identity_and_constant() {
         let src: Vec<f32> = (0..12).map(|i| i as f32).collect();
-        assert_eq!(resize_bilinear(&src, 4, 3, 1, 4, 3), src);
-        let flat = vec![7.0; 5 * 3 * 3];
-        assert!(resize_bilinear(&flat, 5, 3, 3, 11, 7)
+        assert_eq!(resize_bilinear(&|k| src[k], 4, 3, 1, 4, 3), src);
+        let flat = [7.0; 5 * 3 * 3];
+        assert!(resize_bilinear(&|k| flat[k], 5, 3, 3, 11, 7)
             .iter()
             .all(|&v| (v - 7.0).abs() < 1e-6));
         // Downscale 2x2 -> 1x1 averages the four corners.
         assert_eq!(
-            resize_bilinear(&[0.0, 2.0, 4.0, 6.0], 2, 2, 1, 1, 1),
+            resize_bilinear(&|k| [0.0, 2.0, 4.0, 6.0][k], 2, 2, 1, 1, 1),
             vec![3.0]
         );
+    }
+
+    #[test]
+    fn read_through_conversion_is_the_materialised_plane_bit_for_bit() {
+        // The plane `convert_color` used to build, written out here; every sample read
+        // through must be the same f32, so goldens and references are unchanged.
+        let samples: Vec<u16> = (0..5 * 4 * 3).map(|i| (i * 37 % 65_536) as u16).collect();
+        for (channels, want) in [
+            (1, Color::Gray),
+            (1, Color::Rgb),
+            (1, Color::Bgr),
+            (3, Color::Gray),
+            (3, Color::Rgb),
+            (3, Color::Bgr),
+        ] {
+            let img = Image {
+                width: 5,
+                height: 4,
+                channels,
+                maxval: 65_535,
+                samples: samples[..5 * 4 * channels].to_vec(),
+            };
+            let plane: Vec<f32> = match (channels, want) {
+                (1, Color::Gray) | (3, Color::Rgb | Color::Bgr) => {
+                    img.samples.iter().map(|&s| s as f32).collect()
+                }
+                (1, _) => img.samples.iter().flat_map(|&s| [s as f32; 3]).collect(),
+                _ => img
+                    .samples
+                    .chunks(3)
+                    .map(|p| 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32)
+                    .collect(),
+            };
+            let conv = convert_color(&img, want);
+            for (k, v) in plane.iter().enumerate() {
+                assert_eq!(
+                    conv.at(k).to_bits(),
+                    v.to_bits(),
+                    "{channels} -> {want:?}, {k}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -173,8 +173,9 @@ pub struct PreprocessFacts {
 impl PreprocessFacts {
     /// Bytes alive at the end of `preprocess::from_image`, all of which coexist: the
     /// encoded frame (bounded by its raw size, 1 byte/sample), the decoded samples (`u16`),
-    /// the colour-converted frame (`f32`), the resized frame (`f32`, a copy even at equal
-    /// size), the normalised tensor (`f32`) and the quantised tensor (element size).
+    /// the resized frame (`f32`, a copy even at equal size; colour conversion is read
+    /// through, not built), the normalised tensor (`f32`) and the quantised tensor
+    /// (element size).
     /// The prepared model input tensor.
     pub fn tensor_bytes(&self) -> u64 {
         self.tensor_height * self.tensor_width * self.tensor_channels * self.tensor_elem_bytes
@@ -185,7 +186,6 @@ impl PreprocessFacts {
         let tensor = self.tensor_height * self.tensor_width * self.tensor_channels;
         frame * self.frame_channels // encoded input
             + frame * self.frame_channels * 2 // decoded u16 samples
-            + frame * self.tensor_channels * 4 // colour-converted f32
             + tensor * 4 // resized f32
             + tensor * 4 // normalised f32, final layout
             + if self.tensor_elem_bytes == 4 { 0 } else { tensor * self.tensor_elem_bytes }
@@ -555,10 +555,7 @@ mod tests {
         };
         let frame = 640 * 480;
         let t = 224 * 224 * 3;
-        assert_eq!(
-            p.bytes(),
-            frame * 3 + frame * 6 + frame * 12 + t * 4 + t * 4 + t
-        );
+        assert_eq!(p.bytes(), frame * 3 + frame * 6 + t * 4 + t * 4 + t);
         // f32 models hand the normalised tensor over as is: no extra quantised copy.
         let f = PreprocessFacts {
             tensor_elem_bytes: 4,
@@ -595,12 +592,13 @@ mod tests {
         let p = Plan::from_graph(&inp, &g);
         assert_eq!(p.activation_bytes, 296);
         assert_eq!(p.activation_peak_at.as_deref(), Some("n1 (Op)"));
-        // 8x8x1 f32: preprocessing 5 x 256 B (no quantised copy) vs input 256 B + 296 B.
-        assert_eq!(p.preprocess_bytes, 64 + 128 + 256 * 3);
-        assert_eq!(p.per_request_bytes(), 960);
+        // 8x8x1 f32: preprocessing encoded 64 B + u16 128 B + resized and normalised
+        // 256 B each (no quantised copy) vs input 256 B + 296 B.
+        assert_eq!(p.preprocess_bytes, 64 + 128 + 256 * 2);
+        assert_eq!(p.per_request_bytes(), 704);
         assert_eq!(
             p.steady_heap_bytes(),
-            500 + p.graph_bytes + p.scratch_bytes + 960
+            500 + p.graph_bytes + p.scratch_bytes + 704
         );
         let load = 500 + p.graph_bytes + 2000 + 3 * LOAD_TRANSIENT_PER_NODE;
         assert_eq!(p.load_transient_bytes, 2000 + 3 * LOAD_TRANSIENT_PER_NODE);
