@@ -510,7 +510,7 @@ impl Converted<'_> {
 /// Gray<->RGB conversion of `img` into `want`'s channels.
 fn convert_color(img: &Image, want: Color) -> Converted<'_> {
     let kind = match (img.channels, want) {
-        (1, Color::Gray) | (3, Color::Rgb | Color::Bgr) => Conversion::Same,
+        (1, Color::Gray) => Conversion::Same,
         (1, Color::Rgb | Color::Bgr) => Conversion::GrayToRgb,
         (_, Color::Gray) => Conversion::RgbToGray,
         (_, Color::Rgb | Color::Bgr) => Conversion::Same,

@@ -171,16 +171,16 @@ pub struct PreprocessFacts {
 }
 
 impl PreprocessFacts {
-    /// Bytes alive at the end of `preprocess::from_image`, all of which coexist: the
-    /// encoded frame (bounded by its raw size, 1 byte/sample), the decoded samples (`u16`),
-    /// the resized frame (`f32`, a copy even at equal size; colour conversion is read
-    /// through, not built), the normalised tensor (`f32`) and the quantised tensor
-    /// (element size).
     /// The prepared model input tensor.
     pub fn tensor_bytes(&self) -> u64 {
         self.tensor_height * self.tensor_width * self.tensor_channels * self.tensor_elem_bytes
     }
 
+    /// Bytes alive at the end of `preprocess::from_image`, all of which coexist: the
+    /// encoded frame (bounded by its raw size, 1 byte/sample), the decoded samples (`u16`),
+    /// the resized frame (`f32`, a copy even at equal size; colour conversion is read
+    /// through, not built), the normalised tensor (`f32`) and the quantised tensor
+    /// (element size).
     pub fn bytes(&self) -> u64 {
         let frame = self.frame_width * self.frame_height;
         let tensor = self.tensor_height * self.tensor_width * self.tensor_channels;
