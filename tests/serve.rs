@@ -346,6 +346,7 @@ fn many_clients_get_answers_or_explicit_503s_never_anything_else() {
 
 #[test]
 fn heap_stays_under_the_budget_when_requests_compete_for_memory() {
+    const MAX_CONNECTIONS: u64 = 16;
     // Plan total of the model, then a budget a little above it: the admission limit is
     // what is left after loading (and after what 16 connections may hold), and big
     // camera frames (UINT8 images as JSON, resized by the server) each reserve a large
@@ -357,7 +358,7 @@ fn heap_stays_under_the_budget_when_requests_compete_for_memory() {
     let server = Server::start(
         &["--workers", "2", "--budget", &budget.to_string()],
         // Requests that find no memory are refused at once (1 ms wait), so the gate shows.
-        Some("[server]\nqueue_depth = 64\nmax_connections = 16\n[limits]\nmax_body = \"4MiB\"\nqueue_timeout_ms = 1\n"),
+        Some(&format!("[server]\nqueue_depth = 64\nmax_connections = {MAX_CONNECTIONS}\n[limits]\nmax_body = \"4MiB\"\nqueue_timeout_ms = 1\n")),
         &[],
     );
     let m = server.metrics();
@@ -419,9 +420,9 @@ fn heap_stays_under_the_budget_when_requests_compete_for_memory() {
         budget - runtime
     );
     // Beside the requests' reservations, each allowed connection may hold its own buffers
-    // (hyper's read buffer, its task): `server.max_connections` (16 here) x
-    // `serve::conn::CONNECTION_BYTES` (40 KiB) is set aside outside the limit.
-    let connections = 16.0 * 40.0 * 1024.0;
+    // (hyper's read buffer, its task): `server.max_connections` x `CONNECTION_BYTES` is
+    // set aside outside the limit, as the gate does.
+    let connections = (MAX_CONNECTIONS * beltbox::serve::CONNECTION_BYTES) as f64;
     assert!(
         peak - baseline <= limit + connections,
         "requests and connections used {} over a limit of {limit} + {connections} for connections",

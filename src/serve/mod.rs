@@ -49,6 +49,7 @@ use beltbox_core::model::{self, LoadOptions, Model, ModelError};
 use beltbox_core::thermal::{LatencyWindows, WindowConfig};
 
 pub use config::{Config, ConfigError, Listen};
+pub use conn::CONNECTION_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
