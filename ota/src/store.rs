@@ -6,7 +6,15 @@
 //!                               atomically: every transition is one write)
 //! versions/NAME@VERSION/        an unpacked, verified package, moved in whole by a rename
 //! staging/                      unpacking in progress; emptied when the store opens
+//! cards/NAME@VERSION.json       qualification evidence, passed or failed
+//! tuf/, time-floor.json         the channel's trusted metadata, the clock's floor (channel.rs)
+//! lock                          held (flock) by whoever changes the store
 //! ```
+//!
+//! Writers take the lock ([`Store::open`] blocks on it and holds it for the store's life):
+//! the service's poller and a technician's `beltbox ota install` never interleave, and a
+//! writer's staging is never swept by another. Readers ([`Store::reader`]) take no lock:
+//! every file they read is replaced atomically.
 //!
 //! The model served for a name is the candidate while it is in probation, else the active
 //! version, else the factory one ([`ModelState::serving`]). Transitions are pure functions
@@ -206,16 +214,34 @@ impl ModelState {
                 }
             },
         };
+        self.push_bad(&failed, why, now);
+        self.log(now, format!("rolled back {failed}: {why}"));
+        Ok(failed)
+    }
+
+    /// A version that never served is refused for good (failed qualification).
+    pub fn mark_bad(&mut self, version: &str, why: &str, now: u64) {
+        self.push_bad(version, why, now);
+        self.log(now, format!("refused {version}: {why}"));
+    }
+
+    fn push_bad(&mut self, version: &str, why: &str, now: u64) {
+        if self.bad(version).is_some() {
+            return;
+        }
         self.bad.push(BadVersion {
-            version: failed.clone(),
+            version: version.into(),
             why: why.into(),
             at_unix_ms: now,
         });
         if self.bad.len() > MAX_BAD {
             self.bad.remove(0);
         }
-        self.log(now, format!("rolled back {failed}: {why}"));
-        Ok(failed)
+    }
+
+    /// Adds a line to the history (what a transition's own line does not say).
+    pub fn note(&mut self, now: u64, what: String) {
+        self.log(now, what);
     }
 
     fn log(&mut self, now: u64, what: String) {
@@ -258,6 +284,8 @@ pub struct Recovered {
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
+    /// The flock; `None` for a reader.
+    _lock: Option<fs::File>,
 }
 
 /// Checks a model name or version used in a path: no separators, no `..`, bounded.
@@ -277,10 +305,21 @@ impl Store {
     /// Opens (creating) the store at `root`, removing what interrupted installs and writes
     /// left behind.
     pub fn open(root: &Path) -> Result<(Store, Recovered), StoreError> {
+        durable::create_dir_durable(root)?;
+        let lock_path = root.join("lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(at("open", &lock_path))?;
+        flock(&lock).map_err(at("lock", &lock_path))?;
         let store = Store {
             root: root.to_path_buf(),
+            _lock: Some(lock),
         };
         durable::create_dir_durable(&store.versions_dir())?;
+        durable::create_dir_durable(&store.cards_dir())?;
         durable::create_dir_durable(&store.staging_dir())?;
         let mut found = Recovered {
             temporaries: durable::remove_leftovers(root)?,
@@ -301,8 +340,28 @@ impl Store {
         Ok((store, found))
     }
 
+    /// The store for reading only (status, the service's start): no lock, nothing swept
+    /// or created.
+    pub fn reader(root: &Path) -> Store {
+        Store {
+            root: root.to_path_buf(),
+            _lock: None,
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    pub fn cards_dir(&self) -> PathBuf {
+        self.root.join("cards")
+    }
+
+    /// Where a version's qualification card is kept.
+    pub fn card_path(&self, model: &str, version: &str) -> Result<PathBuf, StoreError> {
+        check_name(model)?;
+        check_name(version)?;
+        Ok(self.cards_dir().join(format!("{model}@{version}.json")))
     }
 
     fn state_path(&self) -> PathBuf {
@@ -408,6 +467,28 @@ impl Store {
     /// Bytes the store holds on disk (versions, staging, the state file).
     pub fn disk_usage(&self) -> Result<u64, StoreError> {
         disk_bytes(&self.root)
+    }
+}
+
+/// Blocks until this process holds the exclusive advisory lock on `f` (released when the
+/// file closes, also when the process dies).
+fn flock(f: &fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: as below.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    log::info!("waiting for the OTA store: another install holds it");
+    loop {
+        // SAFETY: flock on a descriptor this File owns; no memory is involved.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 
@@ -548,6 +629,7 @@ mod tests {
             }
         }
         store.save(&state).unwrap();
+        drop(store);
         let (store, _) = Store::open(d.path()).unwrap();
         let state = store.load().unwrap();
         assert_eq!(state.models["digits"].active.as_deref(), Some("3"));
@@ -567,9 +649,26 @@ mod tests {
         let (store, _) = Store::open(d.path()).unwrap();
         staged(&store, "half-unpacked", 10);
         fs::write(d.path().join(".state.json.tmp-4242"), b"{\"form").unwrap();
+        drop(store);
         let (_, found) = Store::open(d.path()).unwrap();
         assert_eq!(found.staging, vec!["half-unpacked".to_string()]);
         assert_eq!(found.temporaries, vec![".state.json.tmp-4242".to_string()]);
+    }
+
+    #[test]
+    fn a_second_writer_waits_for_the_first() {
+        let d = tempfile::tempdir().unwrap();
+        let (first, _) = Store::open(d.path()).unwrap();
+        let staging = staged(&first, "in-progress", 10);
+        let root = d.path().to_path_buf();
+        let second = std::thread::spawn(move || Store::open(&root).map(|(_, r)| r));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // The second writer has not swept the first one's staging.
+        assert!(staging.exists());
+        assert!(!second.is_finished());
+        drop(first);
+        let found = second.join().unwrap().unwrap();
+        assert_eq!(found.staging, vec!["in-progress".to_string()]);
     }
 
     #[test]

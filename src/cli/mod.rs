@@ -13,6 +13,7 @@ use beltbox_core::model::{LoadOptions, Model, ModelError};
 use beltbox_core::preprocess::InputKind;
 use beltbox_tools::bench::{self, BenchConfig};
 
+mod ota;
 mod plan;
 mod serve;
 mod thermal;
@@ -149,6 +150,18 @@ Latency is measured from when each request was due (open loop), so queueing show
 percentiles instead of slowing the generator down."
     )]
     Loadgen(serve::LoadgenArgs),
+
+    /// Over-the-air model updates: signed channels, installs, status, rollback, publishing.
+    #[command(
+        after_help = "Examples:\n  beltbox ota pull --channel https://models.example.com/stable\n  beltbox ota install /media/usb/channel          # a channel on a USB stick, verified\n  beltbox ota install ./digits-2.0.0 --unsigned   # a package directory or .tar.gz, on site\n  beltbox ota status; beltbox ota history --model digits-int8-qdq\n  beltbox ota rollback digits-int8-qdq --reason \"misreads labels\"\n  beltbox ota channel-init ./channel --keys ./keys          # publisher, once\n  beltbox ota publish ./channel models/digits-int8-qdq --keys ./keys\n\n\
+Every install verifies the channel's TUF metadata (signatures, thresholds, versions, expiry \
+against the later of the clock and the box's time floor), the package's length and sha256, \
+unpacks it refusing traversal, links and devices, refuses versions not newer than the serving \
+one (--downgrade overrides), and qualifies it on this box (RAM alongside the serving model, \
+golden self-check, top-1 floor, p95 SLO) before it is installed. Exit codes: 0 ok, 1 refused \
+or failed a check, 2 usage or input error, 3 over the RAM budget. See docs/ota.md."
+    )]
+    Ota(ota::OtaArgs),
 }
 
 #[derive(clap::Args)]
@@ -190,6 +203,8 @@ pub enum CliError {
     Plan(plan::PlanError),
     #[error(transparent)]
     Run(serve::RunError),
+    #[error(transparent)]
+    Ota(ota::OtaError),
 }
 
 impl CliError {
@@ -201,6 +216,7 @@ impl CliError {
             CliError::Soak(e) if !e.is_input_error() => 1,
             CliError::Plan(e) => e.exit_code(),
             CliError::Run(e) => e.exit_code(),
+            CliError::Ota(e) => e.exit_code(),
             _ => 2,
         }
     }
@@ -272,6 +288,7 @@ pub fn main() -> ExitCode {
         Command::Plan(args) => plan::plan_cmd(&args),
         Command::Run(args) => serve::run_cmd(&args),
         Command::Loadgen(args) => serve::loadgen_cmd(&args),
+        Command::Ota(args) => ota::ota_cmd(&args).map_err(CliError::Ota),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -45,6 +45,16 @@ struct RawConfig {
     memory: RawMemory,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    ota: RawOta,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOta {
+    root: Option<PathBuf>,
+    channel: Option<String>,
+    max_package: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -148,6 +158,12 @@ pub struct Config {
     pub header_timeout_ms: u64,
     /// A body that makes no progress for this long is answered 408.
     pub body_idle_timeout_ms: u64,
+    /// OTA: the shipped TUF root of trust (docs/ota.md).
+    pub ota_root: PathBuf,
+    /// OTA: the channel `beltbox ota pull` uses without `--channel` (URL or directory).
+    pub ota_channel: Option<String>,
+    /// OTA: the largest package archive fetched or installed.
+    pub ota_max_package_bytes: u64,
 }
 
 impl Default for Config {
@@ -177,6 +193,9 @@ impl Default for Config {
             queue_timeout_ms: 2_000,
             header_timeout_ms: 5_000,
             body_idle_timeout_ms: 5_000,
+            ota_root: PathBuf::from("/etc/beltbox/ota/root.json"),
+            ota_channel: None,
+            ota_max_package_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -337,6 +356,14 @@ impl Config {
         }
         if let Some(s) = raw.state_dir {
             c.state_dir = s;
+        }
+        if let Some(r) = raw.ota.root {
+            c.ota_root = r;
+        }
+        c.ota_channel = raw.ota.channel;
+        if let Some(m) = raw.ota.max_package {
+            c.ota_max_package_bytes =
+                parse_size(&m).map_err(|e| invalid("ota.max_package", e.to_string()))?;
         }
         Ok(c)
     }

@@ -416,6 +416,38 @@ fn install_signals(shared: &Arc<Shared>) -> Result<std::thread::JoinHandle<()>, 
 /// Loads every configured model in one pass each: verify and build once, plan from the
 /// built graph, refuse what does not fit its own or the service's budget (before the
 /// golden self-check runs anything), self-check, then open the gate.
+/// The directory of the version the OTA store serves for `name` (`state_dir/ota`), if a
+/// model by that name was installed over the air. A store that cannot be read is logged
+/// and ignored: the bundled packages still serve.
+fn ota_version(cfg: &Config, name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return None;
+    }
+    let store = beltbox_ota::store::Store::reader(&cfg.state_dir.join("ota"));
+    let state = match store.load() {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("OTA store: {e}; serving the bundled packages");
+            return None;
+        }
+    };
+    let version = state.models.get(name)?.serving()?.to_string();
+    let dir = store.version_dir(name, &version).ok()?;
+    if dir.is_dir() {
+        log::info!(
+            "{name}: serving {version} from the OTA store ({})",
+            dir.display()
+        );
+        Some(dir)
+    } else {
+        log::error!(
+            "{name}: the OTA store names {version} but {} is missing",
+            dir.display()
+        );
+        None
+    }
+}
+
 fn load_models(shared: &Arc<Shared>) -> Result<(), ServeError> {
     let cfg = &shared.cfg;
     let service = service_budget(cfg)?;
@@ -430,9 +462,27 @@ fn load_models(shared: &Arc<Shared>) -> Result<(), ServeError> {
         shared
             .notifier
             .status(&format!("verifying and building package {arg}"));
-        let dir = beltbox_core::model::package::resolve(arg, cfg.models_dir.as_deref())
-            .ok_or_else(|| ServeError::ModelNotFound(arg.clone()))?;
-        let built = model::build(&dir, &opts, None)?;
+        let bundled = beltbox_core::model::package::resolve(arg, cfg.models_dir.as_deref());
+        let built = match ota_version(cfg, arg) {
+            // A version installed over the air serves in place of the bundled package; one
+            // that no longer verifies must not keep the service down: the bundled package
+            // (the factory version) serves instead, loudly.
+            Some(dir) => match model::build(&dir, &opts, None) {
+                Ok(b) => b,
+                Err(e) if bundled.is_some() => {
+                    log::error!(
+                        "{arg}: the OTA version in {} does not load ({e}); serving the bundled package",
+                        dir.display()
+                    );
+                    model::build(bundled.as_deref().unwrap_or(&dir), &opts, None)?
+                }
+                Err(e) => return Err(e.into()),
+            },
+            None => {
+                let dir = bundled.ok_or_else(|| ServeError::ModelNotFound(arg.clone()))?;
+                model::build(&dir, &opts, None)?
+            }
+        };
         let m = &built.package.manifest;
         if names.contains(&m.name) {
             return Err(ServeError::DuplicateModel(m.name.clone()));

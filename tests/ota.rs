@@ -1,0 +1,204 @@
+//! OTA through the product path: the `beltbox` binary publishes a channel, a real HTTP
+//! server (Python's `http.server`) serves it, `beltbox ota pull` installs from it, and
+//! `beltbox run` serves what the store names. The attack fixtures are in
+//! `ota/tests/attacks.rs`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::server::{Server, MODEL};
+use common::{beltbox, json, stderr};
+
+/// `python3 -m http.server` on a free loopback port, serving `dir`.
+struct HttpServer {
+    child: Child,
+    url: String,
+}
+
+impl HttpServer {
+    fn start(dir: &Path) -> HttpServer {
+        let mut child = Command::new("python3")
+            .args([
+                "-u",
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                "0",
+                "--directory",
+            ])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+        let port = line
+            .split(" port ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        HttpServer {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Box_ {
+    tmp: tempfile::TempDir,
+    channel: PathBuf,
+    keys: PathBuf,
+}
+
+impl Box_ {
+    fn new() -> Box_ {
+        let tmp = tempfile::tempdir().unwrap();
+        let channel = tmp.path().join("channel");
+        let keys = tmp.path().join("keys");
+        let o = beltbox(&[
+            "ota",
+            "channel-init",
+            channel.to_str().unwrap(),
+            "--keys",
+            keys.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        Box_ { tmp, channel, keys }
+    }
+
+    fn state(&self) -> String {
+        self.tmp.path().join("state").display().to_string()
+    }
+
+    fn root(&self) -> String {
+        self.channel
+            .join("metadata/1.root.json")
+            .display()
+            .to_string()
+    }
+
+    /// The bundled digits package as `version`.
+    fn package(&self, version: &str) -> PathBuf {
+        let (guard, pkg) = common::copy_package(MODEL);
+        let dst = self.tmp.path().join(format!("pkg-{version}"));
+        std::fs::rename(&pkg, &dst).unwrap();
+        drop(guard);
+        common::edit_manifest(&dst, |m| {
+            m.replace("version = \"1.0.0\"", &format!("version = \"{version}\""))
+        });
+        dst
+    }
+
+    fn publish(&self, version: &str) {
+        let pkg = self.package(version);
+        let o = beltbox(&[
+            "ota",
+            "publish",
+            self.channel.to_str().unwrap(),
+            pkg.to_str().unwrap(),
+            "--keys",
+            self.keys.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+
+    fn ota(&self, args: &[&str]) -> std::process::Output {
+        let mut a = vec!["ota"];
+        a.extend_from_slice(args);
+        let (state, root) = (self.state(), self.root());
+        a.extend_from_slice(&["--state-dir", &state, "--root", &root]);
+        beltbox(&a)
+    }
+
+    /// The version `beltbox run` with this state dir serves.
+    fn served_version(&self) -> String {
+        let cfg = format!("state_dir = \"{}\"\n", self.state());
+        let s = Server::start(&[], Some(&cfg), &[]);
+        let r = s.client().get(&format!("/v2/models/{MODEL}")).unwrap();
+        assert_eq!(r.status, 200);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        s.stop();
+        v["versions"][0].as_str().unwrap().to_string()
+    }
+}
+
+#[test]
+fn pull_over_http_install_serve_and_roll_back() {
+    let b = Box_::new();
+    b.publish("1.1.0");
+    let http = HttpServer::start(&b.channel);
+    let o = b.ota(&["pull", "--channel", &http.url, "--json"]);
+    let v = json(&o);
+    assert_eq!(v[0]["installed"], true, "{v}");
+    assert_eq!(b.served_version(), "1.1.0");
+
+    b.publish("1.2.0");
+    let v = json(&b.ota(&["pull", "--channel", &http.url, "--json"]));
+    assert_eq!(v[0]["on_probation"], true, "{v}");
+    let st = json(&b.ota(&["status", "--json"]));
+    assert_eq!(st["models"][MODEL]["candidate"]["version"], "1.2.0", "{st}");
+    assert_eq!(b.served_version(), "1.2.0");
+
+    // Nothing newer: up to date, exit 0.
+    let v = json(&b.ota(&["pull", "--channel", &http.url, "--json"]));
+    assert_eq!(v[0]["reason"], "up_to_date", "{v}");
+
+    let o = b.ota(&["rollback", MODEL, "--reason", "test: misreads labels"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(b.served_version(), "1.1.0");
+    let h = common::stdout(&b.ota(&["history", "--model", MODEL]));
+    assert!(
+        h.contains("rolled back 1.2.0: test: misreads labels"),
+        "{h}"
+    );
+    // The rolled-back version is bad: the channel's copy is never taken again.
+    let v = json(&b.ota(&["pull", "--channel", &http.url, "--json"]));
+    assert_eq!(v[0]["reason"], "bad", "{v}");
+}
+
+#[test]
+fn usb_channel_directory_installs_and_a_local_package_needs_unsigned() {
+    let b = Box_::new();
+    b.publish("1.1.0");
+    let o = b.ota(&["install", b.channel.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(common::stdout(&o).contains("1.1.0: installed and qualified"));
+
+    let pkg = b.package("1.3.0");
+    let o = b.ota(&["install", pkg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--unsigned"), "{}", stderr(&o));
+    let o = b.ota(&["install", pkg.to_str().unwrap(), "--unsigned"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let h = common::stdout(&b.ota(&["history"]));
+    assert!(h.contains("(unsigned, local)"), "{h}");
+}
+
+#[test]
+fn a_store_version_that_no_longer_loads_falls_back_to_the_bundled_package() {
+    let b = Box_::new();
+    b.publish("1.1.0");
+    assert!(b
+        .ota(&["install", b.channel.to_str().unwrap()])
+        .status
+        .success());
+    // Damage the installed model file.
+    let dir = Path::new(&b.state()).join(format!("ota/versions/{MODEL}@1.1.0"));
+    std::fs::write(dir.join("model.onnx"), b"not a model").unwrap();
+    assert_eq!(b.served_version(), "1.0.0");
+}
