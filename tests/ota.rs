@@ -202,3 +202,71 @@ fn a_store_version_that_no_longer_loads_falls_back_to_the_bundled_package() {
     std::fs::write(dir.join("model.onnx"), b"not a model").unwrap();
     assert_eq!(b.served_version(), "1.0.0");
 }
+
+/// Kills `beltbox ota install` with SIGKILL at every named kill point (ota/src/kill.rs),
+/// on a box's first install and on an upgrade, then checks what a restart finds: the state
+/// file reads, the service comes up serving a complete verified version (old or new, never
+/// a mix), and the same install run again completes and leaves nothing behind.
+#[test]
+fn an_install_killed_at_any_point_leaves_a_serving_box_and_completes_when_rerun() {
+    let points = beltbox_ota::kill::POINTS;
+    let mut survived = 0;
+    for upgrade in [false, true] {
+        for &point in points {
+            let b = Box_::new();
+            b.publish("1.1.0");
+            if upgrade {
+                assert!(b
+                    .ota(&["install", b.channel.to_str().unwrap()])
+                    .status
+                    .success());
+                b.publish("1.2.0");
+            }
+            let (old, new) = if upgrade {
+                ("1.1.0", "1.2.0")
+            } else {
+                ("1.0.0", "1.1.0")
+            };
+            let (state, root) = (b.state(), b.root());
+            let o = Command::new(env!("CARGO_BIN_EXE_beltbox"))
+                .args(["ota", "install", b.channel.to_str().unwrap()])
+                .args(["--state-dir", &state, "--root", &root])
+                .env(beltbox_ota::kill::ENV, point)
+                .env("RUST_LOG", "warn")
+                .output()
+                .unwrap();
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(
+                o.status.signal(),
+                Some(9),
+                "{point}: not killed: {}",
+                stderr(&o)
+            );
+            let case = format!("upgrade={upgrade} killed at {point}");
+            let st = b.ota(&["status", "--json"]);
+            assert!(st.status.success(), "{case}: {}", stderr(&st));
+            let served = b.served_version();
+            assert!(served == old || served == new, "{case}: serves {served}");
+            let again = b.ota(&["install", b.channel.to_str().unwrap(), "--json"]);
+            assert!(again.status.success(), "{case}: {}", stderr(&again));
+            assert_eq!(b.served_version(), new, "{case}");
+            let ota = Path::new(&state).join("ota");
+            let staging: Vec<_> = std::fs::read_dir(ota.join("staging")).unwrap().collect();
+            assert!(staging.is_empty(), "{case}: staging left: {staging:?}");
+            let mut versions: Vec<String> = std::fs::read_dir(ota.join("versions"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            versions.sort();
+            let want: Vec<String> = if upgrade {
+                vec![format!("{MODEL}@{old}"), format!("{MODEL}@{new}")]
+            } else {
+                vec![format!("{MODEL}@{new}")]
+            };
+            assert_eq!(versions, want, "{case}");
+            survived += 1;
+        }
+    }
+    assert_eq!(survived, 2 * points.len());
+    eprintln!("kill points survived: {survived} of {}", 2 * points.len());
+}

@@ -374,6 +374,7 @@ impl Channel {
                     )));
                 }
                 file.write_all(&chunk).map_err(durable::at("write", dest))?;
+                crate::kill::point("fetch");
             }
             if got != offer.length {
                 return Err(fetch_err(format!(
