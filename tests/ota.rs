@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use common::server::{Server, MODEL};
+use common::server::{bytes_request, post_binary, Server, INFER, MODEL};
 use common::{beltbox, json, stderr};
 
 /// `python3 -m http.server` on a free loopback port, serving `dir`.
@@ -59,6 +59,11 @@ impl Drop for HttpServer {
     }
 }
 
+/// Where a channel is, as `--channel` takes it.
+struct Url {
+    url: String,
+}
+
 struct Box_ {
     tmp: tempfile::TempDir,
     channel: PathBuf,
@@ -106,6 +111,21 @@ impl Box_ {
 
     fn publish(&self, version: &str) {
         let pkg = self.package(version);
+        self.publish_dir(&pkg);
+    }
+
+    /// `version` with its class list rotated by one: its numbers are those of the good
+    /// package (the golden self-check and every qualification check pass), but every
+    /// answer names the wrong digit. A mislabelled release.
+    fn publish_mislabelled(&self, version: &str) {
+        let pkg = self.package(version);
+        let labels: Vec<String> = (0..10).map(|d| ((d + 1) % 10).to_string()).collect();
+        std::fs::write(pkg.join("labels.txt"), labels.join("\n") + "\n").unwrap();
+        common::rehash(&pkg, "labels.txt");
+        self.publish_dir(&pkg);
+    }
+
+    fn publish_dir(&self, pkg: &Path) {
         let o = beltbox(&[
             "ota",
             "publish",
@@ -122,6 +142,10 @@ impl Box_ {
         a.extend_from_slice(args);
         let (state, root) = (self.state(), self.root());
         a.extend_from_slice(&["--state-dir", &state, "--root", &root]);
+        if !args.contains(&"--config") {
+            // Hermetic: no service on the default port is told to reload.
+            a.push("--no-reload");
+        }
         beltbox(&a)
     }
 
@@ -269,4 +293,234 @@ fn an_install_killed_at_any_point_leaves_a_serving_box_and_completes_when_rerun(
     }
     assert_eq!(survived, 2 * points.len());
     eprintln!("kill points survived: {survived} of {}", 2 * points.len());
+}
+
+/// The live swap: a service under steady load from two clients takes a new version from
+/// the channel (`ota pull` asks it to load), then a technician's rollback, without a
+/// restart and without one failed request.
+#[test]
+fn hot_swap_under_load_and_live_rollback_fail_no_request() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    use std::sync::Arc;
+    let b = Box_::new();
+    b.publish("1.1.0");
+    let http = HttpServer::start(&b.channel);
+    assert!(b.ota(&["pull", "--channel", &http.url]).status.success());
+    let cfg = format!("state_dir = \"{}\"\n", b.state());
+    let s = Server::start(&[], Some(&cfg), &[]);
+    let cli_cfg = b.tmp.path().join("cli.toml");
+    std::fs::write(
+        &cli_cfg,
+        format!("{cfg}[server]\nlisten = [\"{}\"]\n", s.addr),
+    )
+    .unwrap();
+    let version = |s: &Server| {
+        let r = s.client().get(&format!("/v2/models/{MODEL}")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        v["versions"][0].as_str().unwrap().to_string()
+    };
+    assert_eq!(version(&s), "1.1.0");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let frame = std::fs::read(&common::server::golden()[3].0).unwrap();
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), s.addr);
+            let frame = frame.clone();
+            std::thread::spawn(move || {
+                let mut c =
+                    beltbox_tools::client::Client::new(addr, std::time::Duration::from_secs(30));
+                let (body, hlen) = bytes_request(&frame, serde_json::Value::Null);
+                while !stop.load(Relaxed) {
+                    let r = post_binary(&mut c, INFER, &body, &hlen);
+                    if r.status == 200 {
+                        ok.fetch_add(1, Relaxed);
+                    } else {
+                        failed.fetch_add(1, Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    b.publish("1.2.0");
+    let before = ok.load(Relaxed);
+    let t = std::time::Instant::now();
+    let o = b.ota(&[
+        "pull",
+        "--channel",
+        &http.url,
+        "--config",
+        cli_cfg.to_str().unwrap(),
+    ]);
+    let swap_s = t.elapsed().as_secs_f64();
+    let during = ok.load(Relaxed) - before;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = common::stdout(&o);
+    assert!(out.contains("now serves 1.2.0"), "{out}");
+    assert_eq!(version(&s), "1.2.0");
+
+    let o = b.ota(&["rollback", MODEL, "--config", cli_cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        common::stdout(&o).contains("now serves 1.1.0"),
+        "{}",
+        common::stdout(&o)
+    );
+    assert_eq!(version(&s), "1.1.0");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let metrics = s.metrics();
+    assert_eq!(
+        common::server::metric(&metrics, "beltbox_model_swaps_total"),
+        2.0
+    );
+    let index = s.client().get("/v2/repository/index").unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&index.body).unwrap();
+    assert_eq!(v[0]["version"], "1.1.0", "{v}");
+    s.stop();
+    eprintln!(
+        "hot swap under load: {} requests served, {} failed; {during} served during the install-and-swap ({swap_s:.2} s)",
+        ok.load(Relaxed),
+        failed.load(Relaxed)
+    );
+    assert_eq!(failed.load(Relaxed), 0);
+    assert!(during > 0);
+}
+
+/// Issue #15's end-to-end flow: v1 from a channel on a real HTTP server, v2 (mislabelled:
+/// it passes qualification) installed under load, probation catches it and rolls back to
+/// v1 live; then a good v3 passes probation and is committed. Zero failed requests.
+#[test]
+fn a_bad_version_fails_probation_and_rolls_back_live_a_good_one_commits() {
+    end_to_end(true);
+}
+
+/// The same from a directory channel: the technician's USB stick.
+#[test]
+fn the_same_flow_from_a_usb_directory_channel() {
+    end_to_end(false);
+}
+
+fn end_to_end(over_http: bool) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    use std::sync::Arc;
+    let b = Box_::new();
+    b.publish("1.1.0");
+    // Kept alive to the end of the test.
+    let server = over_http.then(|| HttpServer::start(&b.channel));
+    let url = match &server {
+        Some(h) => h.url.clone(),
+        None => b.channel.display().to_string(),
+    };
+    let http = Url { url };
+    assert!(b.ota(&["pull", "--channel", &http.url]).status.success());
+    let cfg = format!(
+        "state_dir = \"{}\"\n[ota]\nprobation_requests = 300\nprobation_max_s = 120\n",
+        b.state()
+    );
+    let s = Server::start(&[], Some(&cfg), &[]);
+    let cli_cfg = b.tmp.path().join("cli.toml");
+    std::fs::write(
+        &cli_cfg,
+        format!(
+            "state_dir = \"{}\"\n[server]\nlisten = [\"{}\"]\n",
+            b.state(),
+            s.addr
+        ),
+    )
+    .unwrap();
+    let cli = cli_cfg.to_str().unwrap();
+    let version = |s: &Server| {
+        let r = s.client().get(&format!("/v2/models/{MODEL}")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        v["versions"][0].as_str().unwrap().to_string()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let frame = std::fs::read(&common::server::golden()[3].0).unwrap();
+    let client = {
+        let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), s.addr);
+        std::thread::spawn(move || {
+            let mut c =
+                beltbox_tools::client::Client::new(addr, std::time::Duration::from_secs(30));
+            let (body, hlen) = bytes_request(&frame, serde_json::Value::Null);
+            while !stop.load(Relaxed) {
+                let r = post_binary(&mut c, INFER, &body, &hlen);
+                if r.status == 200 {
+                    ok.fetch_add(1, Relaxed);
+                } else {
+                    failed.fetch_add(1, Relaxed);
+                }
+                // Steady, not flat out: about 1000 requests a second.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    };
+    // The baseline: what 1.1.0 answers on this traffic.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    b.publish_mislabelled("1.2.0");
+    let o = b.ota(&["pull", "--channel", &http.url, "--config", cli]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        common::stdout(&o).contains("now serves 1.2.0"),
+        "{}",
+        common::stdout(&o)
+    );
+    let t = std::time::Instant::now();
+    while version(&s) != "1.1.0" {
+        assert!(t.elapsed().as_secs() < 60, "no rollback in 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let rollback_s = t.elapsed().as_secs_f64();
+    let st = json(&b.ota(&["status", "--json"]));
+    let m = &st["models"][MODEL];
+    assert_eq!(m["active"], "1.1.0", "{st}");
+    assert!(m["candidate"].is_null(), "{st}");
+    let why = m["bad"][0]["why"].as_str().unwrap_or_default().to_string();
+    assert!(
+        why.contains("failed probation") && why.contains("agree"),
+        "{st}"
+    );
+
+    b.publish("1.3.0");
+    let o = b.ota(&["pull", "--channel", &http.url, "--config", cli]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = std::time::Instant::now();
+    loop {
+        let st = json(&b.ota(&["status", "--json"]));
+        if st["models"][MODEL]["active"] == "1.3.0" {
+            assert!(st["models"][MODEL]["candidate"].is_null());
+            break;
+        }
+        assert!(t.elapsed().as_secs() < 60, "no commit in 60 s: {st}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let commit_s = t.elapsed().as_secs_f64();
+    assert_eq!(version(&s), "1.3.0");
+    stop.store(true, Relaxed);
+    client.join().unwrap();
+    let metrics = s.metrics();
+    assert_eq!(
+        common::server::metric(&metrics, "beltbox_ota_rollbacks_total"),
+        1.0
+    );
+    assert_eq!(
+        common::server::metric(&metrics, "beltbox_ota_commits_total"),
+        1.0
+    );
+    s.stop();
+    eprintln!(
+        "probation ({}): rolled back 1.2.0 live {rollback_s:.2} s after it started serving; 1.3.0 committed after {commit_s:.2} s; {} requests served, {} failed",
+        if over_http { "HTTP" } else { "directory" },
+        ok.load(Relaxed),
+        failed.load(Relaxed)
+    );
+    assert_eq!(failed.load(Relaxed), 0);
 }

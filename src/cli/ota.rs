@@ -32,6 +32,10 @@ pub struct OtaArgs {
     /// Machine-readable output.
     #[arg(long, global = true)]
     json: bool,
+    /// Do not ask the running service to load what changed (it serves it when it next
+    /// starts).
+    #[arg(long, global = true)]
+    no_reload: bool,
 }
 
 #[derive(Subcommand)]
@@ -202,11 +206,13 @@ pub fn ota_cmd(args: &OtaArgs) -> Result<(), OtaError> {
                 .or_else(|| cfg.ota_channel.clone())
                 .ok_or(OtaError::NoChannel)?;
             pull(
+                &cfg,
                 &paths,
                 &Source::parse(&src).map_err(InstallError::from)?,
                 model,
                 &options(&cfg, technician),
                 args.json,
+                !args.no_reload,
             )
         }
         Action::Install {
@@ -216,13 +222,22 @@ pub fn ota_cmd(args: &OtaArgs) -> Result<(), OtaError> {
         } => {
             let opts = options(&cfg, technician);
             if path.join("metadata").is_dir() {
-                return pull(&paths, &Source::Dir(path.clone()), &[], &opts, args.json);
+                return pull(
+                    &cfg,
+                    &paths,
+                    &Source::Dir(path.clone()),
+                    &[],
+                    &opts,
+                    args.json,
+                    !args.no_reload,
+                );
             }
             if !unsigned {
                 return Err(OtaError::Unsigned(path.clone()));
             }
             let done = install::install_local(&paths, path, &opts)?;
             report(&done, args.json);
+            tell_service(&cfg, &done.model, !args.no_reload, args.json);
             Ok(())
         }
         Action::Status => {
@@ -248,8 +263,9 @@ pub fn ota_cmd(args: &OtaArgs) -> Result<(), OtaError> {
                     serde_json::json!({"model": model, "rolled_back": failed, "serving": now_serving})
                 );
             } else {
-                println!("{model}: rolled back {failed} (marked bad: {reason}); {now_serving} serves once the service restarts.");
+                println!("{model}: rolled back {failed} (marked bad: {reason}); {now_serving} is to serve.");
             }
+            tell_service(&cfg, model, !args.no_reload, args.json);
             Ok(())
         }
         Action::ChannelInit { .. } | Action::Publish { .. } => Ok(()),
@@ -257,11 +273,13 @@ pub fn ota_cmd(args: &OtaArgs) -> Result<(), OtaError> {
 }
 
 fn pull(
+    cfg: &Config,
     paths: &Paths,
     src: &Source,
     models: &[String],
     opts: &Options,
     json: bool,
+    reload: bool,
 ) -> Result<(), OtaError> {
     let results = install::pull(paths, src, models, opts)?;
     let mut failed = 0;
@@ -272,6 +290,7 @@ fn pull(
                 if !json {
                     report(&i, false);
                 }
+                tell_service(cfg, &i.model, reload, json);
                 out.push(serde_json::json!({"model": i.model, "version": i.version, "installed": true, "on_probation": i.on_probation, "card": i.card}));
             }
             Ok(Pulled::UpToDate { model, version }) => {
@@ -330,7 +349,7 @@ fn report(i: &Installed, json: bool) {
         i.model,
         i.version,
         if i.on_probation {
-            "it serves on probation after the service restarts"
+            "it serves on probation"
         } else {
             "it is the model's first version and is active"
         }
@@ -341,6 +360,47 @@ fn report(i: &Installed, json: bool) {
             i.collected.0.join(", "),
             beltbox_core::memory::budget::human(i.collected.1)
         );
+    }
+}
+
+/// Asks the running service (its first TCP listen address) to load what should serve
+/// `model` now: the model-repository extension's load, a live swap. Reports; never fails
+/// the command (the store is already right, and the service reads it when it starts).
+fn tell_service(cfg: &Config, model: &str, reload: bool, json: bool) {
+    if !reload {
+        return;
+    }
+    let Some(addr) = cfg.listen.iter().find_map(|l| match l {
+        beltbox::serve::Listen::Tcp(a) => Some(*a),
+        beltbox::serve::Listen::Unix(_) => None,
+    }) else {
+        return;
+    };
+    let mut c = beltbox_tools::client::Client::new(addr, std::time::Duration::from_secs(120));
+    let said = match c.request(
+        "POST",
+        &format!("/v2/repository/models/{model}/load"),
+        &[],
+        &[],
+    ) {
+        Err(_) => format!("the service is not running at {addr}; it serves this when it starts"),
+        Ok(r) if r.status == 200 => {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            format!(
+                "the service at {addr} now serves {} (loaded and self-checked in {:.0} ms, no restart)",
+                v["to"].as_str().unwrap_or("?"),
+                v["load_ms"].as_f64().unwrap_or(0.0)
+            )
+        }
+        Ok(r) => format!(
+            "warning: the service at {addr} kept its serving version: {}",
+            String::from_utf8_lossy(&r.body)
+        ),
+    };
+    if json {
+        log::info!("{model}: {said}");
+    } else {
+        println!("{model}: {said}.");
     }
 }
 

@@ -55,6 +55,10 @@ struct RawOta {
     root: Option<PathBuf>,
     channel: Option<String>,
     max_package: Option<String>,
+    probation_requests: Option<i64>,
+    probation_max_s: Option<i64>,
+    probation_max_error_rate: Option<f64>,
+    probation_min_agreement: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +168,8 @@ pub struct Config {
     pub ota_channel: Option<String>,
     /// OTA: the largest package archive fetched or installed.
     pub ota_max_package_bytes: u64,
+    /// OTA: how a candidate is judged on real traffic.
+    pub probation: super::probation::Rules,
 }
 
 impl Default for Config {
@@ -196,6 +202,12 @@ impl Default for Config {
             ota_root: PathBuf::from("/etc/beltbox/ota/root.json"),
             ota_channel: None,
             ota_max_package_bytes: 512 * 1024 * 1024,
+            probation: super::probation::Rules {
+                requests: 1000,
+                max_s: 600,
+                max_error_rate: 0.01,
+                min_agreement: 0.8,
+            },
         }
     }
 }
@@ -228,6 +240,7 @@ impl Config {
             Some(n) => Err(invalid(key, format!("{n} is out of range {lo}..={hi}"))),
         };
         let d = Config::default();
+        let d_probation = d.probation.clone();
         let mut c = Config {
             workers: ranged(
                 "server.workers",
@@ -361,6 +374,39 @@ impl Config {
             c.ota_root = r;
         }
         c.ota_channel = raw.ota.channel;
+        c.probation.requests = ranged(
+            "ota.probation_requests",
+            raw.ota.probation_requests,
+            1,
+            10_000_000,
+            d_probation.requests,
+        )?;
+        c.probation.max_s = ranged(
+            "ota.probation_max_s",
+            raw.ota.probation_max_s,
+            1,
+            30 * 86_400,
+            d_probation.max_s,
+        )?;
+        for (key, v, slot) in [
+            (
+                "ota.probation_max_error_rate",
+                raw.ota.probation_max_error_rate,
+                &mut c.probation.max_error_rate,
+            ),
+            (
+                "ota.probation_min_agreement",
+                raw.ota.probation_min_agreement,
+                &mut c.probation.min_agreement,
+            ),
+        ] {
+            if let Some(v) = v {
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(invalid(key, format!("{v} must be within 0..=1")));
+                }
+                *slot = v;
+            }
+        }
         if let Some(m) = raw.ota.max_package {
             c.ota_max_package_bytes =
                 parse_size(&m).map_err(|e| invalid("ota.max_package", e.to_string()))?;

@@ -134,6 +134,12 @@ pub struct ServerMetrics {
     pub connections_open: AtomicU64,
     pub queue_depth: AtomicU64,
     pub in_flight: AtomicU64,
+    /// Live model swaps done, and refused or failed (`serve::swap`).
+    pub swaps: AtomicU64,
+    pub swap_failures: AtomicU64,
+    /// Probation verdicts carried out (`serve::probation`).
+    pub ota_commits: AtomicU64,
+    pub ota_rollbacks: AtomicU64,
 }
 
 impl ServerMetrics {
@@ -265,6 +271,30 @@ pub fn render(server: &ServerMetrics, models: &[ModelSample<'_>], g: &Gauges) ->
         Kind::Gauge,
         "Requests being run by a worker.",
         server.in_flight.load(Relaxed),
+    );
+    out.single(
+        "beltbox_model_swaps_total",
+        Kind::Counter,
+        "Live model swaps done (model-repository load).",
+        server.swaps.load(Relaxed),
+    );
+    out.single(
+        "beltbox_model_swap_failures_total",
+        Kind::Counter,
+        "Model loads refused or failed; the serving version was kept.",
+        server.swap_failures.load(Relaxed),
+    );
+    out.single(
+        "beltbox_ota_commits_total",
+        Kind::Counter,
+        "Candidates committed after probation.",
+        server.ota_commits.load(Relaxed),
+    );
+    out.single(
+        "beltbox_ota_rollbacks_total",
+        Kind::Counter,
+        "Candidates rolled back automatically for failing probation.",
+        server.ota_rollbacks.load(Relaxed),
     );
     out.single(
         "beltbox_workers",

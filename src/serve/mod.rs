@@ -12,6 +12,8 @@
 //! | [`conn`] | the HTTP runtime: listeners, connection caps, graceful drain | socket |
 //! | [`router`] | the routes: KServe v2 endpoints, `/metrics`; inference admission and queueing | no |
 //! | [`supervisor`] | watchdog pings, thermal sample, `STATUS=` every second | no |
+//! | [`swap`] | live model swaps: the model-repository extension's load and unload | model |
+//! | [`probation`] | a candidate version watched on real traffic, then committed or rolled back | no |
 //! | [`worker`] | the queue and the inference workers | model |
 //! | [`retention`] | glibc's allocator kept from retaining freed request memory | — |
 //!
@@ -27,9 +29,11 @@ mod conn;
 pub mod http;
 pub mod kserve;
 pub mod metrics;
+mod probation;
 mod retention;
 mod router;
 mod supervisor;
+mod swap;
 pub mod systemd;
 mod worker;
 
@@ -103,9 +107,19 @@ impl ServeError {
 pub struct ServedModel {
     pub model: Model,
     pub metrics: metrics::ModelMetrics,
+    /// Recent answers, for probation (`probation`).
+    pub tally: Mutex<probation::Tally>,
 }
 
 impl ServedModel {
+    pub fn new(model: Model) -> ServedModel {
+        ServedModel {
+            model,
+            metrics: metrics::ModelMetrics::default(),
+            tally: Mutex::new(probation::Tally::default()),
+        }
+    }
+
     pub fn name(&self) -> &str {
         self.model.name()
     }
@@ -139,6 +153,13 @@ pub(crate) struct Shared {
     pub admissions: http::Admissions,
     /// Turned true once to stop: the HTTP side closes its listeners and drains.
     pub stop: tokio::sync::watch::Sender<bool>,
+    /// Each configured model's manifest name and its `models.load` entry (a name or a
+    /// directory), for loads after an unload.
+    pub configured: OnceLock<Vec<(String, String)>>,
+    /// One model load or unload at a time.
+    pub swap_lock: Mutex<()>,
+    /// Candidates on probation.
+    pub watches: probation::Watches,
 }
 
 impl Shared {
@@ -335,6 +356,9 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
         peers: conn::Peers::default(),
         admissions: http::Admissions::default(),
         stop,
+        configured: OnceLock::new(),
+        swap_lock: Mutex::new(()),
+        watches: Mutex::new(Vec::new()),
     });
     let signals = install_signals(&shared)?;
     // Serve from the start: health and metrics answer while models load (ready = 503).
@@ -419,7 +443,7 @@ fn install_signals(shared: &Arc<Shared>) -> Result<std::thread::JoinHandle<()>, 
 /// The directory of the version the OTA store serves for `name` (`state_dir/ota`), if a
 /// model by that name was installed over the air. A store that cannot be read is logged
 /// and ignored: the bundled packages still serve.
-fn ota_version(cfg: &Config, name: &str) -> Option<PathBuf> {
+pub(crate) fn ota_version(cfg: &Config, name: &str) -> Option<PathBuf> {
     if name.contains('/') {
         return None;
     }
@@ -500,10 +524,7 @@ fn load_models(shared: &Arc<Shared>) -> Result<(), ServeError> {
             built.plan.model
         ));
         let model = built.self_check()?;
-        served.push(Arc::new(ServedModel {
-            model,
-            metrics: metrics::ModelMetrics::default(),
-        }));
+        served.push(Arc::new(ServedModel::new(model)));
     }
     // The golden self-check has run every model on every golden input: that is the
     // warm-up (allocator arenas, caches, lazily built kernels).
@@ -521,6 +542,20 @@ fn load_models(shared: &Arc<Shared>) -> Result<(), ServeError> {
     }
     let _ = shared.gate.set(Gate::new(limit));
     let _ = shared.budget.set(service);
+    let configured = cfg
+        .models
+        .iter()
+        .zip(&served)
+        .map(|(arg, m)| (m.name().to_string(), arg.clone()))
+        .collect();
+    let _ = shared.configured.set(configured);
+    // A candidate that was on probation when the service stopped is watched again (no
+    // baseline: what served before it is not loaded).
+    for m in &served {
+        if swap::store_candidate(cfg, m.name()).as_deref() == Some(&m.version()) {
+            swap::watch(shared, m, None);
+        }
+    }
     *shared.models.write().unwrap_or_else(|p| p.into_inner()) = served;
     Ok(())
 }

@@ -20,7 +20,7 @@ use super::http::{self, BodyError, BodyRules, Encoding, Response};
 use super::kserve::{self, DecodeLimits, InferRequest, InputTensor, OutputTensor};
 use super::metrics::{self, Gauges, ModelSample, Outcome};
 use super::worker::{Done, Job};
-use super::{ServedModel, Shared};
+use super::{swap, ServedModel, Shared};
 use beltbox_core::preprocess;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -32,6 +32,9 @@ enum Route<'a> {
     Model(&'a str, Option<&'a str>),
     ModelReady(&'a str, Option<&'a str>),
     Infer(&'a str, Option<&'a str>),
+    RepositoryIndex,
+    Load(&'a str),
+    Unload(&'a str),
     NotFound,
 }
 
@@ -48,6 +51,9 @@ fn route(path: &str) -> Route<'_> {
         ["v2", "models", name, "versions", v] => Route::Model(name, Some(v)),
         ["v2", "models", name, "versions", v, "ready"] => Route::ModelReady(name, Some(v)),
         ["v2", "models", name, "versions", v, "infer"] => Route::Infer(name, Some(v)),
+        ["v2", "repository", "index"] => Route::RepositoryIndex,
+        ["v2", "repository", "models", name, "load"] => Route::Load(name),
+        ["v2", "repository", "models", name, "unload"] => Route::Unload(name),
         _ => Route::NotFound,
     }
 }
@@ -157,6 +163,46 @@ async fn dispatch(
             .record_outcome(Outcome::of_status(resp.status));
         return (resp, close, Some(model));
     }
+    // The model-repository extension (Triton's and KServe's): loads run on the blocking
+    // pool, never on the HTTP thread, so other requests are served during a swap.
+    match r {
+        Route::RepositoryIndex => {
+            let resp = if get || parts.method == Method::POST {
+                repository_index(shared)
+            } else {
+                method_not_allowed("GET, POST")
+            };
+            let (resp, close) = refuse(shared, parts, body, resp, started, false).await;
+            return (resp, close, None);
+        }
+        Route::Load(name) | Route::Unload(name) => {
+            let resp = if parts.method != Method::POST {
+                method_not_allowed("POST")
+            } else {
+                let (s, n, load) = (
+                    Arc::clone(shared),
+                    name.to_string(),
+                    matches!(r, Route::Load(_)),
+                );
+                let done = tokio::task::spawn_blocking(move || {
+                    if load {
+                        swap::load(&s, &n).map(|w| json!(w))
+                    } else {
+                        swap::unload(&s, &n).map(|()| json!({}))
+                    }
+                })
+                .await;
+                match done {
+                    Ok(Ok(v)) => Response::json(200, &v),
+                    Ok(Err(e)) => Response::error(400, &e.to_string()),
+                    Err(e) => Response::error(500, &format!("model load task failed: {e}")),
+                }
+            };
+            let (resp, close) = refuse(shared, parts, body, resp, started, false).await;
+            return (resp, close, None);
+        }
+        _ => {}
+    }
     let resp = match (r, get) {
         (Route::NotFound, _) => {
             shared.metrics.unrouted.fetch_add(1, Relaxed);
@@ -168,7 +214,7 @@ async fn dispatch(
             &json!({
                 "name": "beltbox",
                 "version": env!("CARGO_PKG_VERSION"),
-                "extensions": ["binary_tensor_data", "classification"],
+                "extensions": ["binary_tensor_data", "classification", "model_repository"],
             }),
         ),
         (Route::Live, _) => Response::json(200, &json!({ "live": true })),
@@ -198,7 +244,9 @@ async fn dispatch(
             }
             Err(resp) => resp,
         },
-        (Route::Infer(..), _) => Response::error(500, "unreachable route"),
+        (Route::Infer(..) | Route::RepositoryIndex | Route::Load(_) | Route::Unload(_), _) => {
+            Response::error(500, "unreachable route")
+        }
     };
     let (resp, close) = refuse(shared, parts, body, resp, started, false).await;
     (resp, close, None)
@@ -539,6 +587,24 @@ fn respond(
         }
         Err(e) => Response::error(400, &e.to_string()),
     }
+}
+
+/// `[{"name", "version", "state", "reason"}]` for every configured model (Triton's form).
+fn repository_index(shared: &Shared) -> Response {
+    let serving = shared.models();
+    let configured = shared.configured.get().cloned().unwrap_or_default();
+    let rows: Vec<_> = configured
+        .iter()
+        .map(
+            |(name, _)| match serving.iter().find(|m| m.name() == name) {
+                Some(m) => {
+                    json!({"name": name, "version": m.version(), "state": "READY", "reason": ""})
+                }
+                None => json!({"name": name, "state": "UNAVAILABLE", "reason": "unloaded"}),
+            },
+        )
+        .collect();
+    Response::json(200, &json!(rows))
 }
 
 fn render_metrics(shared: &Shared) -> String {

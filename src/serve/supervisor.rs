@@ -47,7 +47,7 @@ fn profile(shared: &Shared, root: &std::path::Path) -> Option<BoardProfile> {
     })
 }
 
-fn run(shared: &Shared) {
+fn run(shared: &Arc<Shared>) {
     let watchdog = systemd::watchdog_interval();
     if let Some(w) = watchdog {
         log::info!("systemd watchdog every {:?}: pinging at half of it", w);
@@ -71,6 +71,7 @@ fn run(shared: &Shared) {
         .unwrap_or_else(|| "unknown".into());
     while !shared.workers_stop.load(Relaxed) {
         let now = shared.now_ms();
+        super::swap::judge_watches(shared);
         if let Some(w) = watchdog {
             let limit = u64::try_from(w.as_millis()).unwrap_or(u64::MAX);
             let alive = shared

@@ -107,6 +107,14 @@ fn run(
     shared.metrics.in_flight.fetch_add(1, Relaxed);
     let result = infer(model, inputs, us(queued));
     shared.metrics.in_flight.fetch_sub(1, Relaxed);
+    if let Ok(mut t) = model.tally.lock() {
+        match &result {
+            Ok(done) => t.record_ok(done.top1.as_ref().map(|c| c.index), done.stages.total_us()),
+            // A model failure counts against it; a client's bad request does not.
+            Err((status, _)) if *status >= 500 => t.record_error(),
+            Err(_) => {}
+        }
+    }
     if let Ok(done) = &result {
         model.metrics.record_stages(&done.stages);
         let now = shared.now_ms();

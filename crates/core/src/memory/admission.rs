@@ -16,6 +16,7 @@
 //! was admitted has not allocated yet), so two requests checked at once would both see
 //! room. Reservations are taken under one lock and cannot race.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -26,7 +27,8 @@ pub fn fits(reserved: u64, need: u64, limit: u64) -> bool {
 
 #[derive(Debug)]
 pub struct Gate {
-    limit: u64,
+    /// Changes only when a model is swapped (`set_limit`); read under `reserved`'s lock.
+    limit: AtomicU64,
     reserved: Mutex<u64>,
     freed: Condvar,
 }
@@ -71,7 +73,7 @@ impl Reservation {
             return true;
         }
         let more = total - self.bytes;
-        if !fits(*r, more, self.gate.limit) {
+        if !fits(*r, more, self.gate.limit()) {
             return false;
         }
         *r += more;
@@ -84,14 +86,24 @@ impl Gate {
     /// `limit` in bytes; `u64::MAX` for "no budget".
     pub fn new(limit: u64) -> Arc<Gate> {
         Arc::new(Gate {
-            limit,
+            limit: AtomicU64::new(limit),
             reserved: Mutex::new(0),
             freed: Condvar::new(),
         })
     }
 
     pub fn limit(&self) -> u64 {
-        self.limit
+        self.limit.load(Relaxed)
+    }
+
+    /// A model swap changed what the models hold (the old one's share freed, the new
+    /// one's taken): the room left for requests moves with it. Reservations already held
+    /// stay; waiters are woken to look again.
+    pub fn set_limit(&self, limit: u64) {
+        let r = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        self.limit.store(limit, Relaxed);
+        drop(r);
+        self.freed.notify_all();
     }
 
     pub fn reserved(&self) -> u64 {
@@ -101,7 +113,7 @@ impl Gate {
     /// Reserves `need` bytes if they fit now; never waits (the async HTTP side polls).
     pub fn try_reserve(self: &Arc<Gate>, need: u64) -> Option<Reservation> {
         let mut r = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
-        if !fits(*r, need, self.limit) {
+        if !fits(*r, need, self.limit()) {
             return None;
         }
         *r += need;
@@ -115,12 +127,12 @@ impl Gate {
     /// `deadline`. `None` when it does not fit by then — or can never fit (`need` over the
     /// whole limit), which is answered at once rather than after a pointless wait.
     pub fn reserve_until(self: &Arc<Gate>, need: u64, deadline: Instant) -> Option<Reservation> {
-        if need > self.limit {
+        if need > self.limit() {
             return None;
         }
         let mut r = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if fits(*r, need, self.limit) {
+            if fits(*r, need, self.limit()) {
                 *r += need;
                 return Some(Reservation {
                     gate: Arc::clone(self),
