@@ -524,3 +524,55 @@ fn end_to_end(over_http: bool) {
     );
     assert_eq!(failed.load(Relaxed), 0);
 }
+
+/// The service polls its channel by itself: with `ota.channel` and `ota.poll_interval_s`
+/// set, a version published to the channel is installed (by an `ota pull` child), swapped
+/// in live and, after its probation, committed, with nobody running a command.
+#[test]
+fn the_service_polls_its_channel_and_swaps_in_what_is_published() {
+    let b = Box_::new();
+    b.publish("1.1.0");
+    let cfg = format!(
+        "state_dir = \"{}\"\n[ota]\nchannel = \"{}\"\nroot = \"{}\"\npoll_interval_s = 1\nprobation_max_s = 2\n",
+        b.state(),
+        b.channel.display(),
+        b.root()
+    );
+    let s = Server::start(&[], Some(&cfg), &[]);
+    let version = |s: &Server| {
+        let r = s.client().get(&format!("/v2/models/{MODEL}")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        v["versions"][0].as_str().unwrap().to_string()
+    };
+    let wait_for = |want: &str| {
+        let t = std::time::Instant::now();
+        while version(&s) != want {
+            assert!(
+                t.elapsed().as_secs() < 60,
+                "not serving {want} after 60 s; log: {:?}",
+                s.log.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait_for("1.1.0");
+    b.publish("1.2.0");
+    wait_for("1.2.0");
+    // No traffic: after probation_max_s the candidate is committed for lack of evidence.
+    let t = std::time::Instant::now();
+    loop {
+        let st = json(&b.ota(&["status", "--json"]));
+        if st["models"][MODEL]["active"] == "1.2.0" {
+            break;
+        }
+        assert!(t.elapsed().as_secs() < 30, "not committed: {st}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let m = s.metrics();
+    assert_eq!(
+        common::server::metric(&m, "beltbox_ota_installs_total"),
+        2.0
+    );
+    assert!(common::server::metric(&m, "beltbox_ota_polls_total") >= 2.0);
+    s.stop();
+}

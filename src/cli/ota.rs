@@ -32,6 +32,13 @@ pub struct OtaArgs {
     /// Machine-readable output.
     #[arg(long, global = true)]
     json: bool,
+    /// RAM budget the candidate must fit alongside the serving model, overriding the
+    /// config's memory.budget (e.g. 512MiB).
+    #[arg(long, value_name = "SIZE", global = true)]
+    budget: Option<String>,
+    /// Directory of bundled packages, overriding the config's models.dir.
+    #[arg(long, value_name = "DIR", global = true)]
+    models_dir: Option<PathBuf>,
     /// Do not ask the running service to load what changed (it serves it when it next
     /// starts).
     #[arg(long, global = true)]
@@ -139,6 +146,8 @@ pub enum OtaError {
     Wave(String),
     #[error("package {}: {problem}", dir.display())]
     Package { dir: PathBuf, problem: String },
+    #[error("--budget: {0}")]
+    Budget(String),
     #[error("{0} of the offered installs failed (above)")]
     Partial(usize),
 }
@@ -164,6 +173,14 @@ fn config(args: &OtaArgs) -> Result<Config, OtaError> {
     }
     if let Some(r) = &args.root {
         cfg.ota_root = r.clone();
+    }
+    if let Some(b) = &args.budget {
+        let bytes =
+            beltbox_core::memory::parse_size(b).map_err(|e| OtaError::Budget(e.to_string()))?;
+        cfg.budget = Some((bytes, b.clone()));
+    }
+    if let Some(d) = &args.models_dir {
+        cfg.models_dir = Some(d.clone());
     }
     Ok(cfg)
 }

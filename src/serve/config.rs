@@ -59,6 +59,7 @@ struct RawOta {
     probation_max_s: Option<i64>,
     probation_max_error_rate: Option<f64>,
     probation_min_agreement: Option<f64>,
+    poll_interval_s: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -170,6 +171,10 @@ pub struct Config {
     pub ota_max_package_bytes: u64,
     /// OTA: how a candidate is judged on real traffic.
     pub probation: super::probation::Rules,
+    /// OTA: seconds between polls of `ota_channel` by the service; 0 = never.
+    pub ota_poll_interval_s: u64,
+    /// The file this config was read from (the OTA poller's child reads it too).
+    pub source: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -208,6 +213,8 @@ impl Default for Config {
                 max_error_rate: 0.01,
                 min_agreement: 0.8,
             },
+            ota_poll_interval_s: 3600,
+            source: None,
         }
     }
 }
@@ -218,7 +225,9 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::from_toml(&text, &path.display().to_string())
+        let mut c = Config::from_toml(&text, &path.display().to_string())?;
+        c.source = Some(path.to_path_buf());
+        Ok(c)
     }
 
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
@@ -241,6 +250,7 @@ impl Config {
         };
         let d = Config::default();
         let d_probation = d.probation.clone();
+        let d_poll = d.ota_poll_interval_s;
         let mut c = Config {
             workers: ranged(
                 "server.workers",
@@ -380,6 +390,13 @@ impl Config {
             1,
             10_000_000,
             d_probation.requests,
+        )?;
+        c.ota_poll_interval_s = ranged(
+            "ota.poll_interval_s",
+            raw.ota.poll_interval_s,
+            0,
+            30 * 86_400,
+            d_poll,
         )?;
         c.probation.max_s = ranged(
             "ota.probation_max_s",

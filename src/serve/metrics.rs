@@ -140,6 +140,10 @@ pub struct ServerMetrics {
     /// Probation verdicts carried out (`serve::probation`).
     pub ota_commits: AtomicU64,
     pub ota_rollbacks: AtomicU64,
+    /// Channel polls by the service (`serve::poll`), those that failed, versions installed.
+    pub ota_polls: AtomicU64,
+    pub ota_poll_failures: AtomicU64,
+    pub ota_installs: AtomicU64,
 }
 
 impl ServerMetrics {
@@ -289,6 +293,24 @@ pub fn render(server: &ServerMetrics, models: &[ModelSample<'_>], g: &Gauges) ->
         Kind::Counter,
         "Candidates committed after probation.",
         server.ota_commits.load(Relaxed),
+    );
+    out.single(
+        "beltbox_ota_polls_total",
+        Kind::Counter,
+        "Polls of the OTA channel by the service.",
+        server.ota_polls.load(Relaxed),
+    );
+    out.single(
+        "beltbox_ota_poll_failures_total",
+        Kind::Counter,
+        "OTA polls that failed (channel refused, unreachable, an install refused).",
+        server.ota_poll_failures.load(Relaxed),
+    );
+    out.single(
+        "beltbox_ota_installs_total",
+        Kind::Counter,
+        "Versions the service's polls installed.",
+        server.ota_installs.load(Relaxed),
     );
     out.single(
         "beltbox_ota_rollbacks_total",

@@ -13,6 +13,7 @@
 //! | [`router`] | the routes: KServe v2 endpoints, `/metrics`; inference admission and queueing | no |
 //! | [`supervisor`] | watchdog pings, thermal sample, `STATUS=` every second | no |
 //! | [`swap`] | live model swaps: the model-repository extension's load and unload | model |
+//! | [`poll`] | the service polling its OTA channel (an `ota pull` child) and swapping live | process |
 //! | [`probation`] | a candidate version watched on real traffic, then committed or rolled back | no |
 //! | [`worker`] | the queue and the inference workers | model |
 //! | [`retention`] | glibc's allocator kept from retaining freed request memory | — |
@@ -29,6 +30,7 @@ mod conn;
 pub mod http;
 pub mod kserve;
 pub mod metrics;
+mod poll;
 mod probation;
 mod retention;
 mod router;
@@ -375,6 +377,9 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
             let rx = Arc::new(Mutex::new(rx));
             let workers = worker::start(&shared, rx).map_err(ServeError::Signals)?;
             let sup = supervisor::start(&shared).map_err(ServeError::Signals)?;
+            // Not joined at shutdown: it sleeps in short steps and ends with the workers;
+            // an install it started finishes (or is swept) on its own.
+            let _poller = poll::start(&shared);
             // From here the high-water mark measures serving, not loading: that is
             // what admission control bounds (and what /metrics reports as the peak).
             memory::alloc::reset_peak();
