@@ -576,3 +576,35 @@ fn the_service_polls_its_channel_and_swaps_in_what_is_published() {
     assert!(common::server::metric(&m, "beltbox_ota_polls_total") >= 2.0);
     s.stop();
 }
+
+/// The loop breaker: a box whose service keeps going down while a candidate is on
+/// probation (here: stopped before any verdict, as a crash would) ends on its active
+/// version after three starts, with the candidate marked bad.
+#[test]
+fn a_service_that_keeps_restarting_on_a_candidate_ends_on_the_active_version() {
+    let b = Box_::new();
+    b.publish("1.1.0");
+    assert!(b
+        .ota(&["install", b.channel.to_str().unwrap()])
+        .status
+        .success());
+    b.publish("1.2.0");
+    assert!(b
+        .ota(&["install", b.channel.to_str().unwrap()])
+        .status
+        .success());
+    for _ in 0..3 {
+        assert_eq!(b.served_version(), "1.2.0");
+    }
+    assert_eq!(b.served_version(), "1.1.0");
+    let st = json(&b.ota(&["status", "--json"]));
+    let m = &st["models"][MODEL];
+    assert!(m["candidate"].is_null(), "{st}");
+    assert!(
+        m["bad"][0]["why"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("crash loop"),
+        "{st}"
+    );
+}

@@ -385,4 +385,55 @@ mod tests {
             );
         }
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn valid() -> Vec<u8> {
+            let src = tempfile::tempdir().unwrap();
+            package(src.path());
+            pack(src.path()).unwrap()
+        }
+
+        /// Nothing is ever written beside `dest`: every file under `root` is in `dest`.
+        fn contained(root: &Path, dest: &Path) {
+            for e in fs::read_dir(root).unwrap() {
+                let p = e.unwrap().path();
+                assert!(p.starts_with(dest), "wrote {}", p.display());
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+                let root = tempfile::tempdir().unwrap();
+                let dest = root.path().join("p");
+                fs::create_dir(&dest).unwrap();
+                let _ = unpack(&bytes[..], &dest, Limits::default());
+                contained(root.path(), &dest);
+            }
+
+            #[test]
+            fn a_damaged_archive_is_refused_or_unpacks_inside(
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)
+            ) {
+                // Damage the uncompressed tar (headers, names, sizes), where a flip lands
+                // on structure rather than on a gzip CRC.
+                let mut tarball = Vec::new();
+                io::copy(&mut GzDecoder::new(&valid()[..]), &mut tarball).unwrap();
+                for (i, b) in flips {
+                    let at = i.index(tarball.len());
+                    tarball[at] = b;
+                }
+                let root = tempfile::tempdir().unwrap();
+                let dest = root.path().join("p");
+                fs::create_dir(&dest).unwrap();
+                let _ = unpack(&tarball[..], &dest, Limits { max_bytes: 1 << 20, max_entries: 64 });
+                contained(root.path(), &dest);
+            }
+        }
+    }
 }

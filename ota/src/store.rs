@@ -34,6 +34,8 @@ use crate::durable::{self, at, DurableError};
 
 /// The state file's format; a newer one is refused, not misread.
 pub const FORMAT: u32 = 1;
+/// Service starts allowed with one candidate on probation before it is rolled back.
+pub const MAX_BOOTS_ON_PROBATION: u32 = 3;
 /// Bad versions remembered per model (never retried from the channel); the oldest go first.
 pub const MAX_BAD: usize = 64;
 /// Transitions remembered per model for `beltbox ota history`.
@@ -90,6 +92,9 @@ pub struct Event {
 pub struct Candidate {
     pub version: String,
     pub since_unix_ms: u64,
+    /// Service starts with this candidate on probation (the loop breaker, [`ModelState::boot`]).
+    #[serde(default)]
+    pub boots: u32,
 }
 
 /// What the store knows about one model name.
@@ -169,6 +174,7 @@ impl ModelState {
             self.candidate = Some(Candidate {
                 version: version.into(),
                 since_unix_ms: now,
+                boots: 0,
             });
             self.log(now, format!("activated {version} on probation"));
         }
@@ -217,6 +223,24 @@ impl ModelState {
         self.push_bad(&failed, why, now);
         self.log(now, format!("rolled back {failed}: {why}"));
         Ok(failed)
+    }
+
+    /// The service is starting with the candidate on probation: the start is counted. A
+    /// candidate the service has started with more than [`MAX_BOOTS_ON_PROBATION`] times
+    /// without reaching a verdict is taken for the cause of a crash loop (a box that keeps
+    /// dying mid-update) and rolled back, so the box ends on its active version. Returns
+    /// the version rolled back, if it came to that.
+    pub fn boot(&mut self, model: &str, now: u64) -> Option<String> {
+        let c = self.candidate.as_mut()?;
+        c.boots += 1;
+        if c.boots <= MAX_BOOTS_ON_PROBATION {
+            return None;
+        }
+        let why = format!(
+            "the service started {} times with it on probation without a verdict (crash loop)",
+            c.boots
+        );
+        self.roll_back(model, &why, now).ok()
     }
 
     /// A version that never served is refused for good (failed qualification).
@@ -653,6 +677,20 @@ mod tests {
         let (_, found) = Store::open(d.path()).unwrap();
         assert_eq!(found.staging, vec!["half-unpacked".to_string()]);
         assert_eq!(found.temporaries, vec![".state.json.tmp-4242".to_string()]);
+    }
+
+    #[test]
+    fn a_candidate_that_keeps_the_service_from_a_verdict_is_rolled_back() {
+        let mut m = ModelState::default();
+        m.activate("d", "1", 0).unwrap();
+        m.activate("d", "2", 1).unwrap();
+        for _ in 0..MAX_BOOTS_ON_PROBATION {
+            assert_eq!(m.boot("d", 2), None);
+        }
+        assert_eq!(m.boot("d", 3).as_deref(), Some("2"));
+        assert_eq!(m.serving(), Some("1"));
+        assert!(m.bad("2").unwrap().why.contains("crash loop"));
+        assert_eq!(m.boot("d", 4), None);
     }
 
     #[test]

@@ -491,6 +491,7 @@ fn load_models(shared: &Arc<Shared>) -> Result<(), ServeError> {
         shared
             .notifier
             .status(&format!("verifying and building package {arg}"));
+        swap::count_boot(cfg, arg);
         let bundled = beltbox_core::model::package::resolve(arg, cfg.models_dir.as_deref());
         let built = match ota_version(cfg, arg) {
             // A version installed over the air serves in place of the bundled package; one

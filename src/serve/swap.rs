@@ -257,6 +257,35 @@ fn card_plan_bytes(dir: &std::path::Path) -> Option<u64> {
     v["plan_bytes"].as_u64()
 }
 
+/// The loop breaker: the service is starting; if the store has a candidate on probation
+/// for `name`, the start is counted, and a candidate started with too often without a
+/// verdict is rolled back before it loads (`ModelState::boot`). Takes the store's lock
+/// only when there is a candidate.
+pub(crate) fn count_boot(cfg: &super::Config, name: &str) {
+    if store_candidate(cfg, name).is_none() {
+        return;
+    }
+    let root = cfg.state_dir.join("ota");
+    let result = (|| -> Result<Option<String>, String> {
+        let (store, _) = beltbox_ota::store::Store::open(&root).map_err(|e| e.to_string())?;
+        let mut state = store.load().map_err(|e| e.to_string())?;
+        let now = beltbox_ota::clock::system_unix_ms();
+        let Some(ms) = state.models.get_mut(name) else {
+            return Ok(None);
+        };
+        let rolled = ms.boot(name, now);
+        store.save(&state).map_err(|e| e.to_string())?;
+        Ok(rolled)
+    })();
+    match result {
+        Ok(Some(v)) => log::error!(
+            "{name} {v}: the service keeps starting with it on probation without a verdict; rolled back"
+        ),
+        Ok(None) => {}
+        Err(e) => log::error!("{name}: cannot count this start in the OTA store: {e}"),
+    }
+}
+
 /// The version the OTA store has on probation for `name`, if any.
 pub(crate) fn store_candidate(cfg: &super::Config, name: &str) -> Option<String> {
     let store = beltbox_ota::store::Store::reader(&cfg.state_dir.join("ota"));
