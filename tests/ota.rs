@@ -8,6 +8,9 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::server::{bytes_request, post_binary, Server, INFER, MODEL};
 use common::{beltbox, json, stderr};
@@ -149,15 +152,13 @@ impl Box_ {
         beltbox(&a)
     }
 
-    /// The version `beltbox run` with this state dir serves.
+    /// The version a `beltbox run` started with this state dir serves.
     fn served_version(&self) -> String {
         let cfg = format!("state_dir = \"{}\"\n", self.state());
         let s = Server::start(&[], Some(&cfg), &[]);
-        let r = s.client().get(&format!("/v2/models/{MODEL}")).unwrap();
-        assert_eq!(r.status, 200);
-        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let v = serving(&s);
         s.stop();
-        v["versions"][0].as_str().unwrap().to_string()
+        v
     }
 }
 
@@ -295,13 +296,69 @@ fn an_install_killed_at_any_point_leaves_a_serving_box_and_completes_when_rerun(
     eprintln!("kill points survived: {survived} of {}", 2 * points.len());
 }
 
+/// The version the service serves for the model.
+fn serving(s: &Server) -> String {
+    let r = s.client().get(&format!("/v2/models/{MODEL}")).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    v["versions"][0].as_str().unwrap().to_string()
+}
+
+/// Clients sending a golden frame to the service in a loop, counting answers.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    clients: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `clients` loops; each waits `pause` between requests (zero: flat out).
+    fn start(s: &Server, clients: usize, pause: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let frame = std::fs::read(&common::server::golden()[3].0).unwrap();
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), s.addr);
+                let (body, hlen) = bytes_request(&frame, serde_json::Value::Null);
+                std::thread::spawn(move || {
+                    let mut c = beltbox_tools::client::Client::new(addr, Duration::from_secs(30));
+                    while !stop.load(Relaxed) {
+                        let r = post_binary(&mut c, INFER, &body, &hlen);
+                        let n = if r.status == 200 { &ok } else { &failed };
+                        n.fetch_add(1, Relaxed);
+                        std::thread::sleep(pause);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            clients,
+        }
+    }
+
+    fn served(&self) -> u64 {
+        self.ok.load(Relaxed)
+    }
+
+    /// Stops the clients: (served, failed).
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Relaxed);
+        for c in self.clients {
+            c.join().unwrap();
+        }
+        (self.ok.load(Relaxed), self.failed.load(Relaxed))
+    }
+}
+
 /// The live swap: a service under steady load from two clients takes a new version from
 /// the channel (`ota pull` asks it to load), then a technician's rollback, without a
 /// restart and without one failed request.
 #[test]
 fn hot_swap_under_load_and_live_rollback_fail_no_request() {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-    use std::sync::Arc;
     let b = Box_::new();
     b.publish("1.1.0");
     let http = HttpServer::start(&b.channel);
@@ -314,39 +371,12 @@ fn hot_swap_under_load_and_live_rollback_fail_no_request() {
         format!("{cfg}[server]\nlisten = [\"{}\"]\n", s.addr),
     )
     .unwrap();
-    let version = |s: &Server| {
-        let r = s.client().get(&format!("/v2/models/{MODEL}")).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        v["versions"][0].as_str().unwrap().to_string()
-    };
-    assert_eq!(version(&s), "1.1.0");
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let frame = std::fs::read(&common::server::golden()[3].0).unwrap();
-    let clients: Vec<_> = (0..2)
-        .map(|_| {
-            let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), s.addr);
-            let frame = frame.clone();
-            std::thread::spawn(move || {
-                let mut c =
-                    beltbox_tools::client::Client::new(addr, std::time::Duration::from_secs(30));
-                let (body, hlen) = bytes_request(&frame, serde_json::Value::Null);
-                while !stop.load(Relaxed) {
-                    let r = post_binary(&mut c, INFER, &body, &hlen);
-                    if r.status == 200 {
-                        ok.fetch_add(1, Relaxed);
-                    } else {
-                        failed.fetch_add(1, Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(serving(&s), "1.1.0");
+    let load = Load::start(&s, 2, Duration::ZERO);
+    std::thread::sleep(Duration::from_millis(300));
 
     b.publish("1.2.0");
-    let before = ok.load(Relaxed);
+    let before = load.served();
     let t = std::time::Instant::now();
     let o = b.ota(&[
         "pull",
@@ -356,11 +386,11 @@ fn hot_swap_under_load_and_live_rollback_fail_no_request() {
         cli_cfg.to_str().unwrap(),
     ]);
     let swap_s = t.elapsed().as_secs_f64();
-    let during = ok.load(Relaxed) - before;
+    let during = load.served() - before;
     assert!(o.status.success(), "{}", stderr(&o));
     let out = common::stdout(&o);
     assert!(out.contains("now serves 1.2.0"), "{out}");
-    assert_eq!(version(&s), "1.2.0");
+    assert_eq!(serving(&s), "1.2.0");
 
     let o = b.ota(&["rollback", MODEL, "--config", cli_cfg.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -369,12 +399,9 @@ fn hot_swap_under_load_and_live_rollback_fail_no_request() {
         "{}",
         common::stdout(&o)
     );
-    assert_eq!(version(&s), "1.1.0");
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    stop.store(true, Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
+    assert_eq!(serving(&s), "1.1.0");
+    std::thread::sleep(Duration::from_millis(300));
+    let (served, failed) = load.finish();
     let metrics = s.metrics();
     assert_eq!(
         common::server::metric(&metrics, "beltbox_model_swaps_total"),
@@ -385,11 +412,9 @@ fn hot_swap_under_load_and_live_rollback_fail_no_request() {
     assert_eq!(v[0]["version"], "1.1.0", "{v}");
     s.stop();
     eprintln!(
-        "hot swap under load: {} requests served, {} failed; {during} served during the install-and-swap ({swap_s:.2} s)",
-        ok.load(Relaxed),
-        failed.load(Relaxed)
+        "hot swap under load: {served} requests served, {failed} failed; {during} served during the install-and-swap ({swap_s:.2} s)"
     );
-    assert_eq!(failed.load(Relaxed), 0);
+    assert_eq!(failed, 0);
     assert!(during > 0);
 }
 
@@ -408,8 +433,6 @@ fn the_same_flow_from_a_usb_directory_channel() {
 }
 
 fn end_to_end(over_http: bool) {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-    use std::sync::Arc;
     let b = Box_::new();
     b.publish("1.1.0");
     // Kept alive to the end of the test.
@@ -436,34 +459,10 @@ fn end_to_end(over_http: bool) {
     )
     .unwrap();
     let cli = cli_cfg.to_str().unwrap();
-    let version = |s: &Server| {
-        let r = s.client().get(&format!("/v2/models/{MODEL}")).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        v["versions"][0].as_str().unwrap().to_string()
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let frame = std::fs::read(&common::server::golden()[3].0).unwrap();
-    let client = {
-        let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), s.addr);
-        std::thread::spawn(move || {
-            let mut c =
-                beltbox_tools::client::Client::new(addr, std::time::Duration::from_secs(30));
-            let (body, hlen) = bytes_request(&frame, serde_json::Value::Null);
-            while !stop.load(Relaxed) {
-                let r = post_binary(&mut c, INFER, &body, &hlen);
-                if r.status == 200 {
-                    ok.fetch_add(1, Relaxed);
-                } else {
-                    failed.fetch_add(1, Relaxed);
-                }
-                // Steady, not flat out: about 1000 requests a second.
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-        })
-    };
+    // Steady, not flat out: about 1000 requests a second.
+    let load = Load::start(&s, 1, Duration::from_millis(1));
     // The baseline: what 1.1.0 answers on this traffic.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(500));
 
     b.publish_mislabelled("1.2.0");
     let o = b.ota(&["pull", "--channel", &http.url, "--config", cli]);
@@ -474,9 +473,9 @@ fn end_to_end(over_http: bool) {
         common::stdout(&o)
     );
     let t = std::time::Instant::now();
-    while version(&s) != "1.1.0" {
+    while serving(&s) != "1.1.0" {
         assert!(t.elapsed().as_secs() < 60, "no rollback in 60 s");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20));
     }
     let rollback_s = t.elapsed().as_secs_f64();
     let st = json(&b.ota(&["status", "--json"]));
@@ -500,12 +499,11 @@ fn end_to_end(over_http: bool) {
             break;
         }
         assert!(t.elapsed().as_secs() < 60, "no commit in 60 s: {st}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50));
     }
     let commit_s = t.elapsed().as_secs_f64();
-    assert_eq!(version(&s), "1.3.0");
-    stop.store(true, Relaxed);
-    client.join().unwrap();
+    assert_eq!(serving(&s), "1.3.0");
+    let (served, failed) = load.finish();
     let metrics = s.metrics();
     assert_eq!(
         common::server::metric(&metrics, "beltbox_ota_rollbacks_total"),
@@ -517,12 +515,10 @@ fn end_to_end(over_http: bool) {
     );
     s.stop();
     eprintln!(
-        "probation ({}): rolled back 1.2.0 live {rollback_s:.2} s after it started serving; 1.3.0 committed after {commit_s:.2} s; {} requests served, {} failed",
+        "probation ({}): rolled back 1.2.0 live {rollback_s:.2} s after it started serving; 1.3.0 committed after {commit_s:.2} s; {served} requests served, {failed} failed",
         if over_http { "HTTP" } else { "directory" },
-        ok.load(Relaxed),
-        failed.load(Relaxed)
     );
-    assert_eq!(failed.load(Relaxed), 0);
+    assert_eq!(failed, 0);
 }
 
 /// The service polls its channel by itself: with `ota.channel` and `ota.poll_interval_s`
@@ -539,20 +535,15 @@ fn the_service_polls_its_channel_and_swaps_in_what_is_published() {
         b.root()
     );
     let s = Server::start(&[], Some(&cfg), &[]);
-    let version = |s: &Server| {
-        let r = s.client().get(&format!("/v2/models/{MODEL}")).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        v["versions"][0].as_str().unwrap().to_string()
-    };
     let wait_for = |want: &str| {
         let t = std::time::Instant::now();
-        while version(&s) != want {
+        while serving(&s) != want {
             assert!(
                 t.elapsed().as_secs() < 60,
                 "not serving {want} after 60 s; log: {:?}",
                 s.log.lock().unwrap()
             );
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(100));
         }
     };
     wait_for("1.1.0");
@@ -566,7 +557,7 @@ fn the_service_polls_its_channel_and_swaps_in_what_is_published() {
             break;
         }
         assert!(t.elapsed().as_secs() < 30, "not committed: {st}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
     }
     let m = s.metrics();
     assert_eq!(
