@@ -584,7 +584,15 @@ fn a_service_that_keeps_restarting_on_a_candidate_ends_on_the_active_version() {
         .ota(&["install", b.channel.to_str().unwrap()])
         .status
         .success());
-    for _ in 0..3 {
+    // The health answer says what is on probation.
+    let cfg = format!("state_dir = \"{}\"\n", b.state());
+    let s = Server::start(&[], Some(&cfg), &[]);
+    let h: serde_json::Value =
+        serde_json::from_slice(&s.client().get("/v2/health/ready").unwrap().body).unwrap();
+    assert_eq!(h["models"][0]["version"], "1.2.0", "{h}");
+    assert_eq!(h["models"][0]["on_probation"], true, "{h}");
+    s.stop();
+    for _ in 0..2 {
         assert_eq!(b.served_version(), "1.2.0");
     }
     assert_eq!(b.served_version(), "1.1.0");
@@ -598,4 +606,47 @@ fn a_service_that_keeps_restarting_on_a_candidate_ends_on_the_active_version() {
             .contains("crash loop"),
         "{st}"
     );
+}
+
+/// Staged rollout: a target whose waves have not reached this box is left alone; one whose
+/// wave covers the whole fleet now is installed.
+#[test]
+fn a_target_installs_only_once_its_rollout_wave_reaches_this_box() {
+    let b = Box_::new();
+    let publish = |version: &str, wave: &str| {
+        let pkg = b.package(version);
+        let o = beltbox(&[
+            "ota",
+            "publish",
+            b.channel.to_str().unwrap(),
+            pkg.to_str().unwrap(),
+            "--keys",
+            b.keys.to_str().unwrap(),
+            "--wave",
+            wave,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    let channel = b.channel.to_str().unwrap().to_string();
+    // Everyone, but only from an hour from now.
+    publish("1.1.0", "1@1");
+    let v = json(&b.ota(&["pull", "--channel", &channel, "--json"]));
+    assert_eq!(v[0]["reason"], "wave_not_open", "{v}");
+    // Open now, for everyone.
+    publish("1.2.0", "1@0");
+    let v = json(&b.ota(&["pull", "--channel", &channel, "--json"]));
+    assert_eq!(v[0]["installed"], true, "{v}");
+    assert_eq!(v[0]["version"], "1.2.0", "{v}");
+    let o = beltbox(&[
+        "ota",
+        "publish",
+        &channel,
+        "--keys",
+        "k",
+        "--wave",
+        "2@0",
+        "models/digits-int8-qdq",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--wave `2@0`"), "{}", stderr(&o));
 }

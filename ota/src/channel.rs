@@ -130,12 +130,13 @@ impl std::fmt::Display for Source {
     }
 }
 
-/// One rollout wave: the fraction `fraction` of the fleet (by each box's stable seed) may
-/// install from `opens_unix_s` on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One rollout wave: `share_ppm` parts per million of the fleet (by each box's stable
+/// seed) may install from `opens_unix_s` on. An integer, because TUF signs canonical JSON,
+/// which has no floating-point numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Wave {
-    pub fraction: f64,
+    pub share_ppm: u32,
     pub opens_unix_s: i64,
 }
 
@@ -153,13 +154,13 @@ pub struct TargetInfo {
 
 impl TargetInfo {
     /// Whether a box with `seed` (in [0, 1)) may install at `now`: some wave that has
-    /// opened covers it. Waves are cumulative fractions (0.01, 0.1, 1.0), as Bottlerocket's.
+    /// opened covers it. Waves are cumulative shares (1 %, 10 %, 100 %), as Bottlerocket's.
     pub fn wave_open(&self, seed: f64, now_unix_s: i64) -> bool {
         self.waves.is_empty()
             || self
                 .waves
                 .iter()
-                .any(|w| w.opens_unix_s <= now_unix_s && seed < w.fraction)
+                .any(|w| w.opens_unix_s <= now_unix_s && seed * 1e6 < f64::from(w.share_ppm))
     }
 }
 
@@ -436,11 +437,11 @@ mod tests {
             published_unix_s: 0,
             waves: vec![
                 Wave {
-                    fraction: 0.1,
+                    share_ppm: 100_000,
                     opens_unix_s: 100,
                 },
                 Wave {
-                    fraction: 1.0,
+                    share_ppm: 1_000_000,
                     opens_unix_s: 200,
                 },
             ],

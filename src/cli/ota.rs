@@ -568,7 +568,7 @@ fn parse_wave(s: &str, now: i64) -> Result<beltbox_ota::channel::Wave, OtaError>
         return Err(bad());
     }
     Ok(beltbox_ota::channel::Wave {
-        fraction,
+        share_ppm: (fraction * 1e6).round() as u32,
         opens_unix_s: now + (hours * 3600.0) as i64,
     })
 }

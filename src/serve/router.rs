@@ -220,7 +220,10 @@ async fn dispatch(
         (Route::Live, _) => Response::json(200, &json!({ "live": true })),
         (Route::Ready, _) => {
             let ready = shared.is_ready();
-            Response::json(if ready { 200 } else { 503 }, &json!({ "ready": ready }))
+            Response::json(
+                if ready { 200 } else { 503 },
+                &json!({ "ready": ready, "models": serving_state(shared) }),
+            )
         }
         (Route::Metrics, _) => Response::new(
             200,
@@ -587,6 +590,28 @@ fn respond(
         }
         Err(e) => Response::error(400, &e.to_string()),
     }
+}
+
+/// What serves, for the health answer: each model's version and whether it is a
+/// candidate on probation (OTA).
+fn serving_state(shared: &Shared) -> serde_json::Value {
+    let watched: Vec<String> = shared
+        .watches
+        .lock()
+        .map(|w| w.iter().map(|x| x.model.name().to_string()).collect())
+        .unwrap_or_default();
+    let rows: Vec<_> = shared
+        .models()
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name(),
+                "version": m.version(),
+                "on_probation": watched.iter().any(|n| n == m.name()),
+            })
+        })
+        .collect();
+    json!(rows)
 }
 
 /// `[{"name", "version", "state", "reason"}]` for every configured model (Triton's form).
