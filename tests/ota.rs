@@ -222,8 +222,17 @@ fn a_store_version_that_no_longer_loads_falls_back_to_the_bundled_package() {
         .ota(&["install", b.channel.to_str().unwrap()])
         .status
         .success());
-    // Damage the installed model file.
     let dir = Path::new(&b.state()).join(format!("ota/versions/{MODEL}@1.1.0"));
+    // A golden reference that no longer matches (hash updated, so only the self-check
+    // can tell): the bundled package serves.
+    let golden = dir.join("golden/000.out.npy");
+    let mut bytes = std::fs::read(&golden).unwrap();
+    let n = bytes.len();
+    bytes[n - 4..].copy_from_slice(&1.0e6f32.to_le_bytes());
+    std::fs::write(&golden, bytes).unwrap();
+    common::rehash(&dir, "golden/000.out.npy");
+    assert_eq!(b.served_version(), "1.0.0");
+    // A damaged model file: the bundled package serves.
     std::fs::write(dir.join("model.onnx"), b"not a model").unwrap();
     assert_eq!(b.served_version(), "1.0.0");
 }

@@ -442,9 +442,6 @@ fn install_signals(shared: &Arc<Shared>) -> Result<std::thread::JoinHandle<()>, 
         .map_err(ServeError::Signals)
 }
 
-/// Loads every configured model in one pass each: verify and build once, plan from the
-/// built graph, refuse what does not fit its own or the service's budget (before the
-/// golden self-check runs anything), self-check, then open the gate.
 /// The directory of the version the OTA store serves for `name` (`state_dir/ota`), if a
 /// model by that name was installed over the air. A store that cannot be read is logged
 /// and ignored: the bundled packages still serve.
@@ -477,6 +474,16 @@ pub(crate) fn ota_version(cfg: &Config, name: &str) -> Option<PathBuf> {
     }
 }
 
+/// A model on its way in: built (the self-check comes after the budget check), or an OTA
+/// version already self-checked.
+enum Loaded {
+    Built(Box<model::Built>),
+    Checked(Box<Model>),
+}
+
+/// Loads every configured model in one pass each: verify and build once, plan from the
+/// built graph, refuse what does not fit its own or the service's budget (before the
+/// golden self-check runs anything), self-check, then open the gate.
 fn load_models(shared: &Arc<Shared>) -> Result<(), ServeError> {
     let cfg = &shared.cfg;
     let service = service_budget(cfg)?;
@@ -493,27 +500,33 @@ fn load_models(shared: &Arc<Shared>) -> Result<(), ServeError> {
             .status(&format!("verifying and building package {arg}"));
         swap::count_boot(cfg, arg);
         let bundled = beltbox_core::model::package::resolve(arg, cfg.models_dir.as_deref());
-        let built = match ota_version(cfg, arg) {
-            // A version installed over the air serves in place of the bundled package; one
-            // that no longer verifies must not keep the service down: the bundled package
-            // (the factory version) serves instead, loudly.
-            Some(dir) => match model::build(&dir, &opts, None) {
-                Ok(b) => b,
-                Err(e) if bundled.is_some() => {
+        let loaded = match ota_version(cfg, arg) {
+            // A version installed over the air serves in place of the bundled package. It
+            // passed qualification (its fit included), so it is self-checked before the
+            // budget check: one that no longer verifies or reproduces its goldens must not
+            // keep the service down, and the bundled (factory) package serves instead.
+            Some(dir) => match model::build(&dir, &opts, None).and_then(|b| b.self_check()) {
+                Ok(m) => Loaded::Checked(Box::new(m)),
+                Err(e) => {
+                    let Some(b) = bundled else {
+                        return Err(e.into());
+                    };
                     log::error!(
                         "{arg}: the OTA version in {} does not load ({e}); serving the bundled package",
                         dir.display()
                     );
-                    model::build(bundled.as_deref().unwrap_or(&dir), &opts, None)?
+                    Loaded::Built(Box::new(model::build(&b, &opts, None)?))
                 }
-                Err(e) => return Err(e.into()),
             },
             None => {
                 let dir = bundled.ok_or_else(|| ServeError::ModelNotFound(arg.clone()))?;
-                model::build(&dir, &opts, None)?
+                Loaded::Built(Box::new(model::build(&dir, &opts, None)?))
             }
         };
-        let m = &built.package.manifest;
+        let (plan, m) = match &loaded {
+            Loaded::Built(b) => (&b.plan, &b.package.manifest),
+            Loaded::Checked(model) => (&model.plan, model.manifest()),
+        };
         if names.contains(&m.name) {
             return Err(ServeError::DuplicateModel(m.name.clone()));
         }
@@ -524,12 +537,17 @@ fn load_models(shared: &Arc<Shared>) -> Result<(), ServeError> {
                 model: m.name.clone(),
             },
         );
-        tally.admit(&built.plan, &own, service.as_ref(), cfg.workers)?;
-        shared.notifier.status(&format!(
-            "running the golden self-check of {}",
-            built.plan.model
-        ));
-        let model = built.self_check()?;
+        tally.admit(plan, &own, service.as_ref(), cfg.workers)?;
+        let model = match loaded {
+            Loaded::Built(built) => {
+                shared.notifier.status(&format!(
+                    "running the golden self-check of {}",
+                    built.plan.model
+                ));
+                built.self_check()?
+            }
+            Loaded::Checked(model) => *model,
+        };
         served.push(Arc::new(ServedModel::new(model)));
     }
     // The golden self-check has run every model on every golden input: that is the
