@@ -106,8 +106,12 @@ impl Box_ {
         let dst = self.tmp.path().join(format!("pkg-{version}"));
         std::fs::rename(&pkg, &dst).unwrap();
         drop(guard);
+        // The bundled 5 ms SLO is for a real board; these tests also run under QEMU (several
+        // times slower) and are about the pipeline, not the board: a p95 check against it
+        // would fail there for the wrong reason. The p95 refusal has its own test.
         common::edit_manifest(&dst, |m| {
             m.replace("version = \"1.0.0\"", &format!("version = \"{version}\""))
+                .replace("p95_ms = 5.0", "p95_ms = 1000.0")
         });
         dst
     }

@@ -35,6 +35,9 @@ fn package(dir: &Path, version: &str, edits: &[(&str, &str)]) -> PathBuf {
         assert!(text.contains(from), "{from}");
         text = text.replace(from, to);
     }
+    // The bundled 5 ms SLO is for a real board; these tests also run under QEMU (several
+    // times slower): only `model_failing_qualification` is about the p95 check.
+    text = text.replace("p95_ms = 5.0", "p95_ms = 1000.0");
     fs::write(&m, text).unwrap();
     dst
 }
