@@ -147,6 +147,99 @@ pub fn init(
     Ok(root_path)
 }
 
+/// Rotates the root keys: root version N+1 lists `threshold` fresh root keys (written to
+/// `new_keys/root-K.pk8`) and keeps the other roles' keys. As TUF requires, it is signed
+/// by the old root's keys (so a box that trusts N accepts it) and by the new ones (so it
+/// is valid on its own). Returns the new root file.
+pub fn rotate_root(
+    channel: &Path,
+    old_keys: &Path,
+    new_keys: &Path,
+    threshold: u64,
+    root_expires_days: u64,
+) -> Result<PathBuf, PublishError> {
+    let (old_path, n) = latest_root(channel)?;
+    let bytes = fs::read(&old_path).map_err(durable::at("read", &old_path))?;
+    let old: tough::schema::Signed<Root> = serde_json::from_slice(&bytes).map_err(tuf)?;
+    let old_root = old.signed;
+    let threshold = NonZeroU64::new(threshold.max(1)).unwrap_or(NonZeroU64::MIN);
+    fs::create_dir_all(new_keys).map_err(durable::at("create", new_keys))?;
+    let rng = SystemRandom::new();
+    let mut root = old_root.clone();
+    root.version = NonZeroU64::new(n + 1).unwrap_or(NonZeroU64::MIN);
+    root.expires = days_from_now(root_expires_days)?;
+    let old_root_ids: Vec<_> = old_root
+        .roles
+        .get(&RoleType::Root)
+        .map(|r| r.keyids.clone())
+        .unwrap_or_default();
+    let mut new_sources: Vec<Box<dyn KeySource>> = Vec::new();
+    let mut keyids = Vec::new();
+    for i in 1..=threshold.get() {
+        let path = new_keys.join(format!("root-{i}.pk8"));
+        let pkcs8 = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| {
+            PublishError::Key {
+                path: path.clone(),
+                problem: format!("cannot generate: {e}"),
+            }
+        })?;
+        write_secret(&path, pkcs8.as_ref())?;
+        let key = tough::sign::parse_keypair(pkcs8.as_ref()).map_err(|e| PublishError::Key {
+            path: path.clone(),
+            problem: e.to_string(),
+        })?;
+        let tuf_key = tough::sign::Sign::tuf_key(&key);
+        let id = tuf_key.key_id().map_err(tuf)?;
+        root.keys.insert(id.clone(), tuf_key);
+        keyids.push(id);
+        new_sources.push(Box::new(LocalKeySource { path }));
+    }
+    // The old root keys sign this version but are no longer listed.
+    for id in &old_root_ids {
+        let still_used = root
+            .roles
+            .iter()
+            .any(|(r, k)| *r != RoleType::Root && k.keyids.contains(id));
+        if !still_used {
+            root.keys.remove(id);
+        }
+    }
+    root.roles.insert(
+        RoleType::Root,
+        RoleKeys {
+            keyids,
+            threshold,
+            _extra: HashMap::new(),
+        },
+    );
+    let old_sources = key_sources(old_keys)?;
+    let rt = runtime()?;
+    let by_new = rt
+        .block_on(SignedRole::new(
+            root.clone(),
+            &KeyHolder::Root(root.clone()),
+            &new_sources,
+            &rng,
+        ))
+        .map_err(tuf)?;
+    let by_old = rt
+        .block_on(SignedRole::new(
+            root.clone(),
+            &KeyHolder::Root(old_root),
+            &old_sources,
+            &rng,
+        ))
+        .map_err(tuf)?;
+    let signed = by_new
+        .add_old_signatures(by_old.signed().signatures.clone())
+        .map_err(tuf)?;
+    let path = channel
+        .join("metadata")
+        .join(format!("{}.root.json", n + 1));
+    durable::write_atomic(&path, signed.buffer())?;
+    Ok(path)
+}
+
 fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
     use std::io::Write;
     let mut f = fs::OpenOptions::new()

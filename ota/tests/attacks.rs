@@ -526,3 +526,49 @@ fn channel_error_names_a_bad_source() {
         Err(ChannelError::Source(_))
     ));
 }
+
+#[test]
+fn root_rotation_is_followed_and_the_new_keys_then_sign() {
+    let f = Fixture::new(1);
+    f.publish("1.0.0");
+    f.pull_ok();
+    // The publisher rotates the root keys (version 2, signed by old and new) and moves the
+    // new root keys where publishing finds keys.
+    let new_keys = f.dir.path().join("keys-2");
+    publish::rotate_root(&f.channel, &f.keys, &new_keys, 1, 365).unwrap();
+    for e in fs::read_dir(&f.keys).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("root-")
+        {
+            fs::remove_file(p).unwrap();
+        }
+    }
+    fs::copy(new_keys.join("root-1.pk8"), f.keys.join("root-1.pk8")).unwrap();
+    f.publish("2.0.0");
+    // The box still ships root version 1 and walks to 2.
+    f.pull_ok();
+    assert_eq!(f.serving().as_deref(), Some("2.0.0"));
+    let trusted = json(&f.paths.ota_dir.join("tuf/root.json"));
+    assert_eq!(trusted["signed"]["version"], 2);
+}
+
+#[test]
+fn root_rotation_not_signed_by_the_old_root_is_refused() {
+    let f = serving_v1_offered_v2();
+    let new_keys = f.dir.path().join("keys-2");
+    let path = publish::rotate_root(&f.channel, &f.keys, &new_keys, 1, 365).unwrap();
+    // Keep only the new key's signature: an attacker who holds new keys but not the old
+    // root's cannot make the box trust them.
+    let mut v = json(&path);
+    let new_id = v["signed"]["roles"]["root"]["keyids"][0].clone();
+    v["signatures"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|s| s["keyid"] == new_id);
+    write_json(&path, &v);
+    let e = f.refused(&options());
+    assert!(e.contains("root"), "{e}");
+}

@@ -95,6 +95,21 @@ enum Action {
         #[arg(long, default_value_t = 365, value_name = "DAYS")]
         root_expires: u64,
     },
+    /// Publisher: rotate the root keys (root version N+1 signed by the old root keys and
+    /// the new ones; boxes follow it on their next pull).
+    RotateRoot {
+        channel: PathBuf,
+        /// The current keys (their root-*.pk8 sign the new root).
+        #[arg(long, value_name = "DIR")]
+        keys: PathBuf,
+        /// Where the new root-*.pk8 are written (then move them offline).
+        #[arg(long, value_name = "DIR")]
+        new_keys: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        threshold: u64,
+        #[arg(long, default_value_t = 365, value_name = "DAYS")]
+        root_expires: u64,
+    },
     /// Publisher: add model packages to a channel and re-sign it.
     Publish {
         channel: PathBuf,
@@ -207,7 +222,9 @@ fn options(cfg: &Config, t: &Technician) -> Options {
 }
 
 pub fn ota_cmd(args: &OtaArgs) -> Result<(), OtaError> {
-    if let Action::ChannelInit { .. } | Action::Publish { .. } = &args.action {
+    if let Action::ChannelInit { .. } | Action::Publish { .. } | Action::RotateRoot { .. } =
+        &args.action
+    {
         return publisher(args);
     }
     let cfg = config(args)?;
@@ -285,7 +302,7 @@ pub fn ota_cmd(args: &OtaArgs) -> Result<(), OtaError> {
             tell_service(&cfg, model, !args.no_reload, args.json);
             Ok(())
         }
-        Action::ChannelInit { .. } | Action::Publish { .. } => Ok(()),
+        Action::ChannelInit { .. } | Action::Publish { .. } | Action::RotateRoot { .. } => Ok(()),
     }
 }
 
@@ -499,6 +516,21 @@ fn publisher(args: &OtaArgs) -> Result<(), OtaError> {
                 channel.display(),
                 keys.display(),
                 root.display()
+            );
+            Ok(())
+        }
+        Action::RotateRoot {
+            channel,
+            keys,
+            new_keys,
+            threshold,
+            root_expires,
+        } => {
+            let root = publish::rotate_root(channel, keys, new_keys, *threshold, *root_expires)?;
+            println!(
+                "{} written, signed by the old and the new root keys; the new keys are in {} (keep them offline). Boxes follow it on their next pull.",
+                root.display(),
+                new_keys.display()
             );
             Ok(())
         }
