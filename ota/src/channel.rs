@@ -398,7 +398,8 @@ impl Channel {
     }
 }
 
-fn hex(b: &[u8]) -> String {
+/// Lowercase hex of a digest.
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

@@ -27,7 +27,7 @@ use tough::schema::{Hashes, KeyHolder, RoleKeys, RoleType, Root, Target};
 use tough::{ExpirationEnforcement, FilesystemTransport, RepositoryLoader};
 
 use crate::archive::{self, ArchiveError};
-use crate::channel::{TargetInfo, Wave, CUSTOM_KEY};
+use crate::channel::{hex, TargetInfo, Wave, CUSTOM_KEY};
 use crate::durable::{self, DurableError};
 
 #[derive(Debug, thiserror::Error)]
@@ -106,22 +106,7 @@ pub fn init(
         let mut keyids = Vec::new();
         for i in 1..=threshold.get() {
             let path = keys.join(format!("{name}-{i}.pk8"));
-            let pkcs8 =
-                aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| {
-                    PublishError::Key {
-                        path: path.clone(),
-                        problem: format!("cannot generate: {e}"),
-                    }
-                })?;
-            write_secret(&path, pkcs8.as_ref())?;
-            let key =
-                tough::sign::parse_keypair(pkcs8.as_ref()).map_err(|e| PublishError::Key {
-                    path: path.clone(),
-                    problem: e.to_string(),
-                })?;
-            let tuf_key = tough::sign::Sign::tuf_key(&key);
-            let id = tuf_key.key_id().map_err(tuf)?;
-            root.keys.insert(id.clone(), tuf_key);
+            let id = new_key(&path, &rng, &mut root)?;
             keyids.push(id);
             if role == RoleType::Root {
                 root_sources.push(Box::new(LocalKeySource { path }));
@@ -177,20 +162,7 @@ pub fn rotate_root(
     let mut keyids = Vec::new();
     for i in 1..=threshold.get() {
         let path = new_keys.join(format!("root-{i}.pk8"));
-        let pkcs8 = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| {
-            PublishError::Key {
-                path: path.clone(),
-                problem: format!("cannot generate: {e}"),
-            }
-        })?;
-        write_secret(&path, pkcs8.as_ref())?;
-        let key = tough::sign::parse_keypair(pkcs8.as_ref()).map_err(|e| PublishError::Key {
-            path: path.clone(),
-            problem: e.to_string(),
-        })?;
-        let tuf_key = tough::sign::Sign::tuf_key(&key);
-        let id = tuf_key.key_id().map_err(tuf)?;
-        root.keys.insert(id.clone(), tuf_key);
+        let id = new_key(&path, &rng, &mut root)?;
         keyids.push(id);
         new_sources.push(Box::new(LocalKeySource { path }));
     }
@@ -238,6 +210,27 @@ pub fn rotate_root(
         .join(format!("{}.root.json", n + 1));
     durable::write_atomic(&path, signed.buffer())?;
     Ok(path)
+}
+
+/// Generates an Ed25519 key into `path` (PKCS#8, mode 0600) and lists it in `root`'s keys;
+/// returns its key id (the caller puts it in a role).
+fn new_key(
+    path: &Path,
+    rng: &SystemRandom,
+    root: &mut Root,
+) -> Result<tough::schema::decoded::Decoded<tough::schema::decoded::Hex>, PublishError> {
+    let key_err = |problem: String| PublishError::Key {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let pkcs8 = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(rng)
+        .map_err(|e| key_err(format!("cannot generate: {e}")))?;
+    write_secret(path, pkcs8.as_ref())?;
+    let key = tough::sign::parse_keypair(pkcs8.as_ref()).map_err(|e| key_err(e.to_string()))?;
+    let tuf_key = tough::sign::Sign::tuf_key(&key);
+    let id = tuf_key.key_id().map_err(tuf)?;
+    root.keys.insert(id.clone(), tuf_key);
+    Ok(id)
 }
 
 fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
@@ -459,8 +452,4 @@ pub fn publish(
     fs::remove_dir_all(&scratch).map_err(durable::at("remove", &scratch))?;
     fs::remove_dir_all(&incoming).map_err(durable::at("remove", &incoming))?;
     Ok(out)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
