@@ -101,18 +101,22 @@ impl Floor {
         }
     }
 
-    /// 0 on a fresh box.
+    /// 0 on a fresh box. A floor file a power cut damaged reads as the floor before its
+    /// last rise ([`durable::read_kept`]).
     pub fn read(&self) -> Result<i64, ClockError> {
-        let bytes = match fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(durable::at("read", &self.path)(e).into()),
+        let one = |path: &Path| -> Result<Option<i64>, ClockError> {
+            let bytes = match fs::read(path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(durable::at("read", path)(e).into()),
+            };
+            let f: FloorFile = serde_json::from_slice(&bytes).map_err(|e| ClockError::Corrupt {
+                path: path.to_path_buf(),
+                problem: e.to_string(),
+            })?;
+            Ok(Some(f.unix_s))
         };
-        let f: FloorFile = serde_json::from_slice(&bytes).map_err(|e| ClockError::Corrupt {
-            path: self.path.clone(),
-            problem: e.to_string(),
-        })?;
-        Ok(f.unix_s)
+        Ok(durable::read_kept(&self.path, one)?.unwrap_or(0))
     }
 
     /// Raises the floor to `unix_s` if that is later; never lowers it. Returns the floor.
@@ -129,7 +133,13 @@ impl Floor {
             path: self.path.clone(),
             problem: e.to_string(),
         })?;
-        durable::write_atomic(&self.path, &bytes)?;
+        let valid = |b: &[u8]| serde_json::from_slice::<FloorFile>(b).is_ok();
+        let fresh = serde_json::to_vec_pretty(&FloorFile {
+            unix_s: 0,
+            from: "a fresh box".into(),
+        })
+        .unwrap_or_default();
+        durable::write_kept(&self.path, &bytes, valid, &fresh)?;
         Ok(unix_s)
     }
 
@@ -159,7 +169,14 @@ mod tests {
         assert_eq!(f.raise(1_800_000_000, "a").unwrap(), 1_800_000_000);
         assert_eq!(f.raise(1_700_000_000, "b").unwrap(), 1_800_000_000);
         assert_eq!(Floor::at(&p).read().unwrap(), 1_800_000_000);
+        // Cut by a power cut: the floor before its last rise.
         fs::write(&p, b"{\"unix_s\":").unwrap();
+        assert_eq!(f.read().unwrap(), 0);
+        assert_eq!(f.raise(1_900_000_000, "c").unwrap(), 1_900_000_000);
+        assert_eq!(f.raise(2_000_000_000, "d").unwrap(), 2_000_000_000);
+        fs::write(&p, b"").unwrap();
+        assert_eq!(f.read().unwrap(), 1_900_000_000);
+        fs::write(durable::backup_of(&p), b"{").unwrap();
         assert!(matches!(f.read(), Err(ClockError::Corrupt { .. })));
     }
 }

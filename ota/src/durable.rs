@@ -55,6 +55,74 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DurableError> {
     sync_dir(&dir)
 }
 
+/// The backup kept beside `path` by [`write_kept`]: `state.json` -> `state.prev.json`.
+pub fn backup_of(path: &Path) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.prev.{}", ext.to_string_lossy()),
+        None => format!("{stem}.prev"),
+    };
+    parent(path).join(name)
+}
+
+/// Replaces `path` like [`write_atomic`], first keeping the file it replaces as its backup
+/// ([`backup_of`]) when `valid` accepts it; with neither file there (a fresh box), `fresh`
+/// (what a missing file means) becomes the backup.
+///
+/// Why: `write_atomic` is enough where storage honours `fsync`. SD cards and eMMC that
+/// acknowledge a flush before the data is safe can lose a synced file's tail in a power cut;
+/// [`read_kept`] then falls back to the backup, losing at most the last replacement.
+pub fn write_kept(
+    path: &Path,
+    bytes: &[u8],
+    valid: impl Fn(&[u8]) -> bool,
+    fresh: &[u8],
+) -> Result<(), DurableError> {
+    let backup = backup_of(path);
+    match fs::read(path) {
+        Ok(old) if valid(&old) => write_atomic(&backup, &old)?,
+        // A damaged file is never kept over a good backup.
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if !backup.exists() {
+                write_atomic(&backup, fresh)?;
+            }
+        }
+        Err(e) => return Err(at("read", path)(e)),
+    }
+    write_atomic(path, bytes)
+}
+
+/// Reads what [`write_kept`] wrote: `parse` of `path`, else (missing or not parsing) of its
+/// backup, with a warning naming both; else `path`'s own result. `Ok(None)`: neither exists.
+pub fn read_kept<T, E: std::fmt::Display>(
+    path: &Path,
+    parse: impl Fn(&Path) -> Result<Option<T>, E>,
+) -> Result<Option<T>, E> {
+    let first = parse(path);
+    if let Ok(Some(v)) = first {
+        return Ok(Some(v));
+    }
+    let backup = backup_of(path);
+    match parse(&backup) {
+        Ok(Some(prev)) => {
+            let why = match &first {
+                Err(e) => e.to_string(),
+                Ok(_) => format!("{} is missing", path.display()),
+            };
+            log::warn!(
+                "{why}; reading {} (as it was before its last update) instead",
+                backup.display()
+            );
+            Ok(Some(prev))
+        }
+        _ => first,
+    }
+}
+
 /// Renames `from` to `to` (files or directories, same file system) and syncs both parent
 /// directories, so the move survives a power cut.
 pub fn rename_durable(from: &Path, to: &Path) -> Result<(), DurableError> {
@@ -141,6 +209,49 @@ fn parent(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(p: &Path) -> Result<Option<u32>, String> {
+        match fs::read_to_string(p) {
+            Ok(t) => t
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", p.display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn valid(b: &[u8]) -> bool {
+        std::str::from_utf8(b).is_ok_and(|t| t.trim().parse::<u32>().is_ok())
+    }
+
+    #[test]
+    fn a_file_cut_by_a_power_cut_reads_as_its_backup() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("n.json");
+        assert_eq!(backup_of(&p), d.path().join("n.prev.json"));
+        assert_eq!(read_kept(&p, parse).unwrap(), None);
+        write_kept(&p, b"1", valid, b"0").unwrap();
+        // The fresh state is the first backup: a first write cut reads as a fresh box.
+        fs::write(&p, b"").unwrap();
+        assert_eq!(read_kept(&p, parse).unwrap(), Some(0));
+        write_kept(&p, b"2", valid, b"0").unwrap();
+        write_kept(&p, b"3", valid, b"0").unwrap();
+        assert_eq!(read_kept(&p, parse).unwrap(), Some(3));
+        fs::write(&p, b"3x").unwrap();
+        assert_eq!(read_kept(&p, parse).unwrap(), Some(2));
+        // A damaged file is not kept over the good backup.
+        write_kept(&p, b"4", valid, b"0").unwrap();
+        fs::write(&p, b"").unwrap();
+        assert_eq!(read_kept(&p, parse).unwrap(), Some(2));
+        fs::remove_file(&p).unwrap();
+        assert_eq!(read_kept(&p, parse).unwrap(), Some(2));
+        // Both damaged: the newest file's own error.
+        fs::write(backup_of(&p), b"?").unwrap();
+        fs::write(&p, b"!").unwrap();
+        assert!(read_kept(&p, parse).unwrap_err().contains("n.json"));
+    }
 
     #[test]
     fn replaces_the_file_and_leaves_no_temporary() {

@@ -5,7 +5,7 @@
 //!
 //! A kill point costs one environment lookup; none is reached on the inference path.
 
-/// Every kill point, in the order an install reaches them.
+/// Every kill point of an install (`beltbox ota install|pull`), in the order it reaches them.
 pub const POINTS: &[&str] = &[
     "open",     // store opened and locked, staging swept
     "fetch",    // part of the archive downloaded
@@ -16,6 +16,16 @@ pub const POINTS: &[&str] = &[
     "adopt",    // package moved into versions/, state not yet saved
     "activate", // state saved with the new version
     "gc",       // garbage collected
+];
+
+/// Every kill point of the service's probation (`beltbox run`) and of a technician's
+/// `beltbox ota rollback`.
+pub const SERVICE_POINTS: &[&str] = &[
+    "probation",   // the candidate serves on probation, no verdict yet
+    "verdict",     // a verdict reached, the store locked, nothing saved
+    "commit",      // state saved with the candidate committed
+    "rollback",    // state saved with the candidate rolled back; it still serves live
+    "rolled-back", // swapped live to the previous version; not garbage-collected
 ];
 
 pub const ENV: &str = "BELTBOX_OTA_KILL_AT";

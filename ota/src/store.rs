@@ -4,10 +4,14 @@
 //! state.json                    which version of each model is active, previous, factory,
 //!                               in probation, and which versions are bad (one file, replaced
 //!                               atomically: every transition is one write)
+//! state.prev.json               the state before the last transition, for storage that
+//!                               loses a synced file's tail in a power cut (Store::load)
 //! versions/NAME@VERSION/        an unpacked, verified package, moved in whole by a rename
 //! staging/                      unpacking in progress; emptied when the store opens
 //! cards/NAME@VERSION.json       qualification evidence, passed or failed
 //! tuf/, time-floor.json         the channel's trusted metadata, the clock's floor (channel.rs)
+//! downloads/SHA256.part         a package download in progress, kept across restarts (download.rs)
+//! recent/, probation/           the service's recent frames and probation baselines
 //! lock                          held (flock) by whoever changes the store
 //! ```
 //!
@@ -408,43 +412,42 @@ impl Store {
     }
 
     /// The state; an empty one on a fresh box.
+    ///
+    /// `state.json` is replaced atomically and synced, and the state it replaces is kept as
+    /// `state.prev.json` ([`durable::write_kept`]): on storage that loses a synced file's
+    /// tail in a power cut, a damaged `state.json` reads as the state before the last
+    /// transition, with a warning. At most that one transition is lost; the versions it
+    /// named are on disk or collected, never half there.
     pub fn load(&self) -> Result<State, StoreError> {
-        let path = self.state_path();
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
-            Err(e) => return Err(at("read", &path)(e).into()),
-        };
-        let state: State = serde_json::from_slice(&bytes).map_err(|e| StoreError::State {
-            path: path.clone(),
-            problem: format!("not a valid state file: {e}"),
-        })?;
-        if state.format != FORMAT {
-            return Err(StoreError::State {
-                path,
-                problem: format!(
-                    "state format {} is not the {FORMAT} this beltbox reads",
-                    state.format
-                ),
-            });
-        }
-        for (model, m) in &state.models {
-            check_name(model)?;
-            for v in m.referenced() {
-                check_name(v)?;
-            }
-        }
-        Ok(state)
+        Ok(durable::read_kept(&self.state_path(), |p| self.load_file(p))?.unwrap_or_default())
     }
 
-    /// Makes `state` the store's state, atomically and durably.
+    /// One state file; `None` when it does not exist.
+    fn load_file(&self, path: &Path) -> Result<Option<State>, StoreError> {
+        match fs::read(path) {
+            Ok(b) => parse_state(&b).map(Some).map_err(|problem| match problem {
+                StateProblem::Name(e) => e,
+                StateProblem::Text(problem) => StoreError::State {
+                    path: path.to_path_buf(),
+                    problem,
+                },
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(at("read", path)(e).into()),
+        }
+    }
+
+    /// Makes `state` the store's state, atomically and durably, keeping the one it
+    /// replaces (see [`Store::load`]).
     pub fn save(&self, state: &State) -> Result<(), StoreError> {
         let path = self.state_path();
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| StoreError::State {
             path: path.clone(),
             problem: format!("cannot encode: {e}"),
         })?;
-        Ok(durable::write_atomic(&path, &bytes)?)
+        let fresh = serde_json::to_vec_pretty(&State::default()).unwrap_or_default();
+        let valid = |b: &[u8]| parse_state(b).is_ok();
+        Ok(durable::write_kept(&path, &bytes, valid, &fresh)?)
     }
 
     /// Moves a verified package from staging into the store as `model@version`, durably.
@@ -460,9 +463,16 @@ impl Store {
         Ok(dest)
     }
 
-    /// Deletes every version directory the state does not name. Returns what was removed
-    /// and the bytes freed.
+    /// Deletes every version directory the state does not name, and the probation
+    /// baselines (`probation/`, kept by the service) of versions no longer on probation.
+    /// Returns the versions removed and the bytes freed.
+    ///
+    /// `state` is saved once more first, so that the backup `state.prev.json` holds it too:
+    /// a state before it, which may name what is deleted here, can then never come back
+    /// (not even from a power cut that damages `state.json`, see [`Store::load`]).
     pub fn collect_garbage(&self, state: &State) -> Result<(Vec<String>, u64), StoreError> {
+        self.save(state)?;
+        self.collect_baselines(state)?;
         let keep: Vec<String> = state
             .models
             .iter()
@@ -488,10 +498,62 @@ impl Store {
         Ok((removed, freed))
     }
 
+    /// Where the service keeps a candidate's probation baseline (its own format).
+    pub fn probation_dir(&self) -> PathBuf {
+        self.root.join("probation")
+    }
+
+    fn collect_baselines(&self, state: &State) -> Result<(), StoreError> {
+        let dir = self.probation_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(at("list", &dir)(e).into()),
+        };
+        let candidates: Vec<String> = state
+            .models
+            .iter()
+            .filter_map(|(m, s)| Some(format!("{m}@{}.", s.candidate.as_ref()?.version)))
+            .collect();
+        for entry in entries {
+            let entry = entry.map_err(at("list", &dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !candidates.iter().any(|c| name.starts_with(c.as_str())) {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(at("remove", &path))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Bytes the store holds on disk (versions, staging, the state file).
     pub fn disk_usage(&self) -> Result<u64, StoreError> {
         disk_bytes(&self.root)
     }
+}
+
+enum StateProblem {
+    Text(String),
+    Name(StoreError),
+}
+
+/// A state file's bytes, checked: its format, and every name it holds safe for a path.
+fn parse_state(bytes: &[u8]) -> Result<State, StateProblem> {
+    let state: State = serde_json::from_slice(bytes)
+        .map_err(|e| StateProblem::Text(format!("not a valid state file: {e}")))?;
+    if state.format != FORMAT {
+        return Err(StateProblem::Text(format!(
+            "state format {} is not the {FORMAT} this beltbox reads",
+            state.format
+        )));
+    }
+    for (model, m) in &state.models {
+        check_name(model).map_err(StateProblem::Name)?;
+        for v in m.referenced() {
+            check_name(v).map_err(StateProblem::Name)?;
+        }
+    }
+    Ok(state)
 }
 
 /// Blocks until this process holds the exclusive advisory lock on `f` (released when the
