@@ -24,12 +24,10 @@
 //!   from the caller; until then this goes through tough's public API only.)
 //! - **Metadata files are synced** after tough writes them (it does not fsync).
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tough::schema::{Root, Signed};
 use tough::{
@@ -39,7 +37,12 @@ use tough::{
 use url::Url;
 
 use crate::clock::{ClockError, Floor, Now};
+pub(crate) use crate::download::hex;
+use crate::download::{self, Part, Stop};
 use crate::durable::{self, DurableError};
+
+/// Resumes of one download within one pull, each only after the last made progress.
+pub const RESUMES: u32 = 3;
 
 /// Key of beltbox's entry in a target's custom metadata.
 pub const CUSTOM_KEY: &str = "beltbox";
@@ -181,12 +184,17 @@ pub struct Trust {
     /// tough's datastore: the newest verified root, timestamp, snapshot.
     pub tuf_dir: PathBuf,
     pub floor: Floor,
+    /// Partial downloads, kept across restarts (`crate::download`).
+    pub downloads: PathBuf,
 }
 
 /// A verified channel.
 pub struct Channel {
     rt: tokio::runtime::Runtime,
     repo: Repository,
+    /// Where targets are served from (resumes fetch from it directly).
+    targets_base: Url,
+    downloads: PathBuf,
     pub source: Source,
     pub offers: Vec<Offer>,
     /// The time expiry was checked against.
@@ -255,6 +263,7 @@ impl Channel {
             Err(e) => return Err(durable::at("remove", &clock_file)(e).into()),
         }
         let (meta, targets) = source.urls()?;
+        let targets_for_resume = targets.clone();
         let http = HttpTransportBuilder::new()
             .timeout(Duration::from_secs(60))
             .connect_timeout(Duration::from_secs(10))
@@ -329,6 +338,8 @@ impl Channel {
         Ok(Channel {
             rt,
             repo,
+            targets_base: targets_for_resume,
+            downloads: trust.downloads.clone(),
             source: source.clone(),
             offers,
             now,
@@ -337,8 +348,9 @@ impl Channel {
     }
 
     /// Downloads `offer` into `dest` (created; synced), at most its signed length and at
-    /// most `cap` bytes; tough checks the sha256 at the end of the stream, and a mismatch,
-    /// an over-long stream or a short one is an error (the caller discards `dest`).
+    /// most `cap` bytes, its sha256 checked against the signed one. A download cut short is
+    /// resumed from its partial (`crate::download`): at once, up to [`RESUMES`] times while
+    /// it makes progress, and by the next pull after that or after a restart.
     pub fn fetch(&self, offer: &Offer, dest: &Path, cap: u64) -> Result<(), ChannelError> {
         if offer.length > cap {
             return Err(ChannelError::TooLarge {
@@ -351,42 +363,104 @@ impl Channel {
             target: offer.target.clone(),
             what,
         };
-        let name = TargetName::new(offer.target.clone()).map_err(|e| fetch_err(e.to_string()))?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(dest)
-            .map_err(durable::at("create", dest))?;
-        self.rt.block_on(async {
-            let mut stream = self
-                .repo
-                .read_target(&name)
-                .await
-                .map_err(|e| fetch_err(e.to_string()))?
-                .ok_or_else(|| fetch_err("not in the signed targets".into()))?;
-            let mut got = 0u64;
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| fetch_err(e.to_string()))?;
-                got += chunk.len() as u64;
-                if got > offer.length {
+        let part = Part::open(&self.downloads, &offer.sha256, offer.length)?;
+        let mut resumes = 0;
+        loop {
+            let have = part.have()?;
+            let step = if have == 0 {
+                self.whole(offer, &part)
+            } else {
+                // A warning: a download was cut before (a technician reading the log
+                // after a flaky night wants to see it).
+                log::warn!(
+                    "target {}: resuming its download at byte {have} of {}",
+                    offer.target,
+                    offer.length
+                );
+                self.rest(offer, &part, have)
+            }
+            .and_then(|()| part.verify());
+            match step {
+                Ok(()) => break,
+                Err(Stop::Io(e)) => return Err(e.into()),
+                Err(Stop::Bad(what)) => {
+                    part.discard();
+                    return Err(fetch_err(what));
+                }
+                Err(Stop::Cut(what)) => {
+                    let now = part.have()?;
+                    if now >= offer.length {
+                        // All the bytes arrived and tough still refused them (a hash
+                        // mismatch): nothing to resume.
+                        part.discard();
+                        return Err(fetch_err(what));
+                    }
+                    if now > have && resumes < RESUMES {
+                        resumes += 1;
+                        log::warn!("target {}: download cut ({what}); resuming", offer.target);
+                        continue;
+                    }
                     return Err(fetch_err(format!(
-                        "more than the {} bytes signed (endless data)",
+                        "{what}; {now} of {} bytes kept for the next pull to resume",
                         offer.length
                     )));
                 }
-                file.write_all(&chunk).map_err(durable::at("write", dest))?;
-                crate::kill::point("fetch");
             }
-            if got != offer.length {
-                return Err(fetch_err(format!(
-                    "{got} bytes arrived, {} were signed",
-                    offer.length
-                )));
-            }
-            Ok(())
-        })?;
-        file.sync_all().map_err(durable::at("sync", dest))?;
+        }
+        durable::rename_durable(&part.path, dest)?;
         Ok(())
+    }
+
+    /// The whole target through tough (which verifies it as it streams).
+    fn whole(&self, offer: &Offer, part: &Part) -> Result<(), Stop> {
+        let name = TargetName::new(offer.target.clone()).map_err(|e| Stop::Bad(e.to_string()))?;
+        self.rt.block_on(async {
+            let stream = self
+                .repo
+                .read_target(&name)
+                .await
+                .map_err(|e| Stop::Cut(e.to_string()))?
+                .ok_or_else(|| Stop::Bad("not in the signed targets".into()))?;
+            part.append_stream(0, stream).await
+        })
+    }
+
+    /// The rest of the target from byte `from`, straight from the channel (tough has no
+    /// start offset); [`Part::verify`] checks the whole afterwards.
+    fn rest(&self, offer: &Offer, part: &Part, from: u64) -> Result<(), Stop> {
+        let file = if self.repo.root().signed.consistent_snapshot {
+            format!("{}.{}", offer.sha256, offer.target)
+        } else {
+            offer.target.clone()
+        };
+        let url = self
+            .targets_base
+            .join(&file)
+            .map_err(|e| Stop::Bad(format!("target URL: {e}")))?;
+        match &self.source {
+            Source::Dir(_) => {
+                let path = url
+                    .to_file_path()
+                    .map_err(|()| Stop::Bad(format!("{url}: not a file")))?;
+                part.append_file(&path, from)
+            }
+            Source::Url(_) => self.rt.block_on(async {
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(60))
+                    .connect_timeout(Duration::from_secs(10))
+                    .build()
+                    .map_err(|e| Stop::Cut(e.to_string()))?;
+                let (resp, ranged) = download::http_rest(&client, &url, from).await?;
+                let start = if ranged {
+                    from
+                } else {
+                    // The server sent the whole file: start the partial over.
+                    part.discard();
+                    0
+                };
+                part.append_stream(start, resp.bytes_stream()).await
+            }),
+        }
     }
 
     /// The newest offer of `model`, if any.
@@ -396,11 +470,6 @@ impl Channel {
             .filter(|o| o.info.model == model)
             .max_by(|a, b| cmp_versions(&a.info.version, &b.info.version))
     }
-}
-
-/// Lowercase hex of a digest.
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Orders MAJOR.MINOR.PATCH versions numerically (anything else sorts lowest, by text).

@@ -27,7 +27,7 @@ use crate::channel::{self, Channel, ChannelError, Offer, Source, Trust};
 use crate::clock::{self, Floor};
 use crate::durable::{self, DurableError};
 use crate::kill;
-use crate::qualify::{self, Card, Context};
+use crate::qualify::{self, Card, Context, Shadow};
 use crate::store::{ModelState, State, Store, StoreError, TransitionError};
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +115,7 @@ impl Paths {
             shipped_root: self.shipped_root.clone(),
             tuf_dir: self.ota_dir.join("tuf"),
             floor: self.floor(),
+            downloads: self.ota_dir.join("downloads"),
         }
     }
 
@@ -360,7 +361,17 @@ fn install_staged(
 
     let mut ctx = opts.qualify.clone();
     if ctx.alongside.is_none() {
-        ctx.alongside = serving_plan(store, &ms, &model, &ctx, opts.models_dir.as_deref());
+        if let Some((dir, plan)) =
+            serving_plan(store, &ms, &model, &ctx, opts.models_dir.as_deref())
+        {
+            ctx.alongside = plan;
+            if ctx.shadow.is_none() {
+                ctx.shadow = Some(Shadow {
+                    serving: dir,
+                    frames: store.root().join("recent").join(&model),
+                });
+            }
+        }
     }
     let now = clock::system_unix_ms();
     let (card, _model) = qualify::qualify(staged, &ctx, now);
@@ -442,15 +453,15 @@ fn refuse_early(
     Ok(())
 }
 
-/// The RAM plan of what serves `model` now: the store's version, else the bundled
-/// package of that name (`models_dir`, then the service's search path).
+/// The package that serves `model` now (the store's version, else the bundled package of
+/// that name: `models_dir`, then the service's search path) and its RAM plan.
 fn serving_plan(
     store: &Store,
     ms: &ModelState,
     model: &str,
     ctx: &Context,
     models_dir: Option<&Path>,
-) -> Option<Plan> {
+) -> Option<(PathBuf, Option<Plan>)> {
     let (dir, v) = match ms.serving() {
         Some(v) => (store.version_dir(model, v).ok()?, v.to_string()),
         None => (
@@ -459,10 +470,10 @@ fn serving_plan(
         ),
     };
     match beltbox_core::model::plan(&dir, &ctx.load, None) {
-        Ok((_, plan, _)) => Some(plan),
+        Ok((_, plan, _)) => Some((dir, Some(plan))),
         Err(e) => {
             log::warn!("{model} {v}: cannot plan the serving version ({e}); qualifying without it");
-            None
+            Some((dir, None))
         }
     }
 }

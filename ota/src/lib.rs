@@ -7,6 +7,7 @@
 //! | [`clock`] | the time expiry is checked against: the later of the clock and a floor that only rises | file |
 //! | [`store`] | the device store: versioned packages under `state_dir`, the state file naming active, previous, factory and the candidate in probation, garbage collection, the writers' lock | files |
 //! | [`archive`] | package archives: deterministic packing, hostile-input unpacking | files |
+//! | [`download`] | a target's partial download, kept across restarts, resumed by Range or seek, verified by signed length and sha256 | network, files |
 //! | [`channel`] | a channel is a TUF repository (tough): verify metadata, list offers, fetch a target within its signed length and hash | network, files |
 //! | [`publish`] | the publisher's side: keys, root, signed releases | files |
 //! | [`qualify`] | on-device qualification of a candidate and its evidence card | model |
@@ -18,6 +19,7 @@
 pub mod archive;
 pub mod channel;
 pub mod clock;
+mod download;
 pub mod durable;
 pub mod install;
 pub mod kill;

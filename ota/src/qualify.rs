@@ -14,18 +14,25 @@
 //!    a package that ships no labelled samples skips this check and the card says so).
 //! 4. **p95**: p95 latency of the full pipeline (preprocess, run, postprocess) over the
 //!    golden inputs on this board, against the manifest's `budgets.p95_ms`.
-//!
-//! Not here yet (#15's list): agreement with the active model on recent real inputs
-//! (a shadow run needs the service's recent frames) and peak memory measured against the
-//! plan.
+//! 5. **peak_memory**: the heap's high-water mark while the candidate was built,
+//!    self-checked and run (the counting allocator, `memory::alloc`), against its plan's
+//!    peak heap: a plan that underestimates would let the service admit more than fits,
+//!    so the candidate is refused. Measured only in the `beltbox` binary, which installs
+//!    the allocator; elsewhere the card says it was not measured.
+//! 6. **shadow**: the serving version and the candidate both run on the recent frames the
+//!    service kept (`beltbox_core::frames`, `ota.recent_frames`), frame by frame; their
+//!    top-1 labels must agree on at least `min_agreement` of them. A frame the serving
+//!    version cannot take is skipped; one only the candidate cannot take counts against
+//!    it. Without frames (a new box, frames off) the card says the check was skipped.
 
 use std::path::Path;
 use std::time::Instant;
 
+use beltbox_core::frames;
 use beltbox_core::memory::budget::human;
-use beltbox_core::memory::{fit, Plan};
+use beltbox_core::memory::{alloc, fit, Plan};
 use beltbox_core::model::{self, LoadOptions, Model};
-use beltbox_core::preprocess::InputKind;
+use beltbox_core::preprocess::{self, InputKind};
 use serde::Serialize;
 
 /// One line of the card.
@@ -48,6 +55,13 @@ pub struct Card {
     pub p95_ms: Option<f64>,
     /// The candidate's planned resident bytes.
     pub plan_bytes: Option<u64>,
+    /// Measured: the heap's high-water mark while it was qualified, and the plan's peak
+    /// heap it is held against.
+    pub peak_heap_bytes: Option<u64>,
+    pub plan_peak_heap_bytes: Option<u64>,
+    /// Shadow run: frames compared and the share whose top-1 labels agreed.
+    pub shadow_frames: Option<usize>,
+    pub shadow_agreement: Option<f64>,
 }
 
 impl Card {
@@ -80,6 +94,20 @@ pub struct Context {
     pub alongside: Option<Plan>,
     /// Timed runs over the golden inputs for the p95.
     pub timing_runs: usize,
+    /// The serving version and the recent frames for the shadow run, if any.
+    pub shadow: Option<Shadow>,
+    /// Least share of the shadow run's frames whose top-1 labels must agree
+    /// (`ota.probation_min_agreement`, the same bar probation holds).
+    pub min_agreement: f64,
+}
+
+/// What the shadow run compares.
+#[derive(Debug, Clone)]
+pub struct Shadow {
+    /// The package serving now.
+    pub serving: std::path::PathBuf,
+    /// `state_dir/ota/recent/NAME`.
+    pub frames: std::path::PathBuf,
 }
 
 /// Qualifies the package in `dir`. Returns the card and, when it passed, the loaded
@@ -93,7 +121,13 @@ pub fn qualify(dir: &Path, ctx: &Context, now_ms: u64) -> (Card, Option<Model>) 
         checks: Vec::new(),
         p95_ms: None,
         plan_bytes: None,
+        peak_heap_bytes: None,
+        plan_peak_heap_bytes: None,
+        shadow_frames: None,
+        shadow_agreement: None,
     };
+    let heap_before = alloc::current_bytes();
+    alloc::reset_peak();
     let built = match model::build(dir, &ctx.load, None) {
         Ok(b) => b,
         Err(e) => {
@@ -105,6 +139,8 @@ pub fn qualify(dir: &Path, ctx: &Context, now_ms: u64) -> (Card, Option<Model>) 
     card.version = built.package.manifest.version.to_string();
     let need = built.plan.total_bytes();
     card.plan_bytes = Some(need);
+    let plan_peak = built.plan.peak_heap_bytes();
+    card.plan_peak_heap_bytes = Some(plan_peak);
     let manifest_budget = built
         .package
         .manifest
@@ -195,8 +231,131 @@ pub fn qualify(dir: &Path, ctx: &Context, now_ms: u64) -> (Card, Option<Model>) 
             m.budgets.p95_ms
         ),
     );
+    if alloc::installed() {
+        let peak = alloc::peak_bytes().saturating_sub(heap_before) as u64;
+        card.peak_heap_bytes = Some(peak);
+        card.push(
+            "peak_memory",
+            peak <= plan_peak,
+            format!(
+                "heap peaked at {} while it loaded, self-checked and ran; its plan's peak heap is {}",
+                human(peak),
+                human(plan_peak)
+            ),
+        );
+    } else {
+        card.push(
+            "peak_memory",
+            true,
+            "not measured: the counting allocator is not installed in this process".into(),
+        );
+    }
+    if let Some(sh) = &ctx.shadow {
+        shadow(&mut card, &model, sh, ctx);
+    }
     let passed = card.passed;
     (card, passed.then_some(model))
+}
+
+/// The shadow run (module docs, check 6).
+fn shadow(card: &mut Card, candidate: &Model, sh: &Shadow, ctx: &Context) {
+    let frames = match frames::Ring::new(&sh.frames, usize::MAX).list() {
+        Ok(f) => f,
+        Err(e) => {
+            card.push("shadow", true, format!("skipped: {e}"));
+            return;
+        }
+    };
+    if frames.is_empty() {
+        card.push(
+            "shadow",
+            true,
+            format!(
+                "skipped: no recent frames in {} (the service keeps them while it serves; ota.recent_frames)",
+                sh.frames.display()
+            ),
+        );
+        return;
+    }
+    let serving = match model::build(&sh.serving, &ctx.load, None).and_then(|b| b.self_check()) {
+        Ok(m) => m,
+        Err(e) => {
+            card.push(
+                "shadow",
+                true,
+                format!("skipped: the serving version does not load here: {e}"),
+            );
+            return;
+        }
+    };
+    /// Why a model could not answer a frame (a frame it cannot take, or a model error).
+    struct NoAnswer;
+    impl From<model::ModelError> for NoAnswer {
+        fn from(_: model::ModelError) -> NoAnswer {
+            NoAnswer
+        }
+    }
+    let top1 = |m: &Model, frame: &[frames::Input]| -> Result<Option<String>, NoAnswer> {
+        let inf = m.infer_with(
+            |specs| -> Result<Vec<_>, NoAnswer> {
+                if specs.len() != frame.len() {
+                    return Err(NoAnswer);
+                }
+                frame
+                    .iter()
+                    .zip(specs)
+                    .map(|((shape, data), spec)| {
+                        preprocess::from_elements(shape, data.clone(), spec).map_err(|_| NoAnswer)
+                    })
+                    .collect()
+            },
+            1,
+        )?;
+        Ok(inf.classes.into_iter().next().map(|c| c.label))
+    };
+    let (mut compared, mut agreed, mut skipped, mut refused) = (0usize, 0usize, 0usize, 0usize);
+    for f in &frames {
+        let Ok(inputs) = frames::read(f) else {
+            skipped += 1;
+            continue;
+        };
+        let want = match top1(&serving, &inputs) {
+            Ok(Some(l)) => l,
+            // Not a classifier's answer, or a frame the serving version cannot take.
+            Ok(None) | Err(_) => {
+                skipped += 1;
+                continue;
+            }
+        };
+        compared += 1;
+        match top1(candidate, &inputs) {
+            Ok(Some(l)) if l == want => agreed += 1,
+            Ok(_) => {}
+            Err(_) => refused += 1,
+        }
+    }
+    if compared == 0 {
+        card.push(
+            "shadow",
+            true,
+            format!("skipped: none of the {skipped} recent frames gave the serving version a top-1 class"),
+        );
+        return;
+    }
+    let a = agreed as f64 / compared as f64;
+    card.shadow_frames = Some(compared);
+    card.shadow_agreement = Some(a);
+    card.push(
+        "shadow",
+        a >= ctx.min_agreement,
+        format!(
+            "top-1 agreed with the serving version on {agreed} of {compared} recent frames ({:.0} %, at least {:.0} % needed){}{}",
+            a * 100.0,
+            ctx.min_agreement * 100.0,
+            if refused > 0 { format!("; it could not take {refused} of them") } else { String::new() },
+            if skipped > 0 { format!("; {skipped} skipped") } else { String::new() },
+        ),
+    );
 }
 
 /// Pipeline times in ms, and top-1 as (right, labelled) when some samples carry labels.

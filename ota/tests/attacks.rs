@@ -160,6 +160,8 @@ fn options() -> Options {
             budget_bytes: None,
             alongside: None,
             timing_runs: 20,
+            shadow: None,
+            min_agreement: 0.8,
         },
         downgrade: false,
         allow_expired: false,

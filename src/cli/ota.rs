@@ -210,6 +210,8 @@ fn options(cfg: &Config, t: &Technician) -> Options {
             budget_bytes: cfg.budget.as_ref().map(|b| b.0),
             alongside: None,
             timing_runs: 50,
+            shadow: None,
+            min_agreement: cfg.probation.min_agreement,
         },
         downgrade: t.downgrade,
         allow_expired: t.allow_expired,
@@ -291,6 +293,7 @@ pub fn ota_cmd(args: &OtaArgs) -> Result<(), OtaError> {
             let failed = ms.roll_back(model, reason, beltbox_ota::clock::system_unix_ms())?;
             let now_serving = ms.serving().unwrap_or("the bundled package").to_string();
             store.save(&state)?;
+            beltbox_ota::kill::point("rollback");
             if args.json {
                 println!(
                     "{}",

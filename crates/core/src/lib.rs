@@ -11,6 +11,7 @@
 //! | [`npy`], [`image`] | `.npy`, PGM and PNG decoding with limits | bytes |
 //! | [`manifest`] | strict `manifest.toml` parsing and validation | no |
 //! | [`preprocess`], [`postprocess`], [`detect`] | input bytes -> model tensor; outputs -> classes; detection heads -> boxes after NMS | no |
+//! | [`frames`] | recent request inputs kept on disk for an OTA candidate's shadow run | files |
 //! | [`board`] | board profiles (`boards/*.toml`, compiled in), detection from the device tree | /proc, /sys |
 //! | [`memory`] | RAM plan, budgets, "fits alongside?", counting allocator, admission gate | no |
 //! | [`model`] | package verification, backends (tract, LiteRT), golden self-check, `Model` | files, tract, C |
@@ -22,6 +23,7 @@
 pub mod board;
 pub mod cpu;
 pub mod detect;
+pub mod frames;
 pub mod image;
 pub mod manifest;
 pub mod memory;

@@ -37,6 +37,9 @@ pub struct Manifest {
     pub description: String,
     /// Qualification refuses a model below this held-out top-1 (only with `[accuracy]`).
     pub accuracy_floor: Option<f64>,
+    /// A top-1 score under this is a low-confidence answer (probation compares their
+    /// share with the previous version's). Only for classifiers; optional.
+    pub low_confidence: Option<f64>,
     pub model: ModelSection,
     /// The model's inputs in graph order, from `[[inputs]]` (or a lone `[input]`).
     pub inputs: Vec<InputSpec>,
@@ -59,6 +62,7 @@ struct RawManifest {
     version: Version,
     description: String,
     accuracy_floor: Option<f64>,
+    low_confidence: Option<f64>,
     model: ModelSection,
     input: Option<InputSpec>,
     inputs: Option<Vec<InputSpec>>,
@@ -87,6 +91,7 @@ impl TryFrom<RawManifest> for Manifest {
             version: r.version,
             description: r.description,
             accuracy_floor: r.accuracy_floor,
+            low_confidence: r.low_confidence,
             model: r.model,
             inputs,
             outputs: r.outputs,
@@ -624,6 +629,11 @@ impl Manifest {
         if let Some(floor) = self.accuracy_floor {
             if !(0.0..=1.0).contains(&floor) {
                 return Err(invalid("accuracy_floor", "must be within 0..=1".into()));
+            }
+        }
+        if let Some(t) = self.low_confidence {
+            if !(0.0..=1.0).contains(&t) {
+                return Err(invalid("low_confidence", "must be within 0..=1".into()));
             }
         }
         let expected_ext = match self.model.format {

@@ -12,6 +12,7 @@ const ORDER: &[&[&str]] = &[
     &["npy", "image"],
     &["manifest"],
     &["preprocess", "postprocess", "detect"],
+    &["frames"],
     &["board"],
     &["memory"],
     &["model"],
