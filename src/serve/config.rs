@@ -59,7 +59,10 @@ struct RawOta {
     probation_max_s: Option<i64>,
     probation_max_error_rate: Option<f64>,
     probation_min_agreement: Option<f64>,
+    probation_max_low_confidence_rise: Option<f64>,
     poll_interval_s: Option<i64>,
+    recent_frames: Option<i64>,
+    recent_frame_interval_ms: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +176,10 @@ pub struct Config {
     pub probation: super::probation::Rules,
     /// OTA: seconds between polls of `ota_channel` by the service; 0 = never.
     pub ota_poll_interval_s: u64,
+    /// OTA: frames kept per model for qualification's shadow run (0: none kept), and the
+    /// least time between two kept frames (`serve::recent`).
+    pub recent_frames: usize,
+    pub recent_frame_interval_ms: u64,
     /// The file this config was read from (the OTA poller's child reads it too).
     pub source: Option<PathBuf>,
 }
@@ -212,8 +219,11 @@ impl Default for Config {
                 max_s: 600,
                 max_error_rate: 0.01,
                 min_agreement: 0.8,
+                max_low_confidence_rise: 0.1,
             },
             ota_poll_interval_s: 3600,
+            recent_frames: 32,
+            recent_frame_interval_ms: 5_000,
             source: None,
         }
     }
@@ -251,6 +261,7 @@ impl Config {
         let d = Config::default();
         let d_probation = d.probation.clone();
         let d_poll = d.ota_poll_interval_s;
+        let (d_frames, d_frame_ms) = (d.recent_frames as u64, d.recent_frame_interval_ms);
         let mut c = Config {
             workers: ranged(
                 "server.workers",
@@ -398,6 +409,20 @@ impl Config {
             30 * 86_400,
             d_poll,
         )?;
+        c.recent_frames = ranged(
+            "ota.recent_frames",
+            raw.ota.recent_frames,
+            0,
+            1000,
+            d_frames,
+        )? as usize;
+        c.recent_frame_interval_ms = ranged(
+            "ota.recent_frame_interval_ms",
+            raw.ota.recent_frame_interval_ms,
+            0,
+            86_400_000,
+            d_frame_ms,
+        )?;
         c.probation.max_s = ranged(
             "ota.probation_max_s",
             raw.ota.probation_max_s,
@@ -415,6 +440,11 @@ impl Config {
                 "ota.probation_min_agreement",
                 raw.ota.probation_min_agreement,
                 &mut c.probation.min_agreement,
+            ),
+            (
+                "ota.probation_max_low_confidence_rise",
+                raw.ota.probation_max_low_confidence_rise,
+                &mut c.probation.max_low_confidence_rise,
             ),
         ] {
             if let Some(v) = v {

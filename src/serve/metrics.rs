@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use beltbox_core::prom::{self, Exposition, Kind};
 use beltbox_core::timing::{Stage, StageTimings};
 
+use super::probation::Reason;
+
 /// Histogram bucket upper bounds, seconds.
 pub const BUCKETS_S: [f64; 14] = [
     0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -139,7 +141,8 @@ pub struct ServerMetrics {
     pub swap_failures: AtomicU64,
     /// Probation verdicts carried out (`serve::probation`).
     pub ota_commits: AtomicU64,
-    pub ota_rollbacks: AtomicU64,
+    /// Automatic rollbacks, by [`Reason`] (same order as `Reason::ALL`).
+    ota_rollbacks: [AtomicU64; Reason::ALL.len()],
     /// Channel polls by the service (`serve::poll`), those that failed, versions installed.
     pub ota_polls: AtomicU64,
     pub ota_poll_failures: AtomicU64,
@@ -153,6 +156,13 @@ impl ServerMetrics {
             .position(|&s| s == status)
             .unwrap_or(STATUSES.len() - 1);
         self.statuses[i].fetch_add(1, Relaxed);
+    }
+
+    /// Counts an automatic rollback.
+    pub fn rolled_back(&self, reason: Reason) {
+        if let Some(i) = Reason::ALL.iter().position(|&r| r == reason) {
+            self.ota_rollbacks[i].fetch_add(1, Relaxed);
+        }
     }
 }
 
@@ -312,12 +322,15 @@ pub fn render(server: &ServerMetrics, models: &[ModelSample<'_>], g: &Gauges) ->
         "Versions the service's polls installed.",
         server.ota_installs.load(Relaxed),
     );
-    out.single(
+    out.family(
         "beltbox_ota_rollbacks_total",
         Kind::Counter,
-        "Candidates rolled back automatically for failing probation.",
-        server.ota_rollbacks.load(Relaxed),
+        "Candidates rolled back automatically, by reason: failed probation (error_rate, p95, agreement, low_confidence) or a crash loop at start (crash_loop).",
     );
+    for (r, n) in Reason::ALL.iter().zip(&server.ota_rollbacks) {
+        let l = prom::labels(&[("reason", r.label())]);
+        out.sample("beltbox_ota_rollbacks_total", &l, n.load(Relaxed));
+    }
     out.single(
         "beltbox_workers",
         Kind::Gauge,

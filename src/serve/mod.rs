@@ -15,6 +15,7 @@
 //! | [`swap`] | live model swaps: the model-repository extension's load and unload | model |
 //! | [`poll`] | the service polling its OTA channel (an `ota pull` child) and swapping live | process |
 //! | [`probation`] | a candidate version watched on real traffic, then committed or rolled back | no |
+//! | [`recent`] | a few recent frames per model kept on disk for OTA shadow runs | files |
 //! | [`worker`] | the queue and the inference workers | model |
 //! | [`retention`] | glibc's allocator kept from retaining freed request memory | — |
 //!
@@ -32,6 +33,7 @@ pub mod kserve;
 pub mod metrics;
 mod poll;
 mod probation;
+mod recent;
 mod retention;
 mod router;
 mod supervisor;
@@ -111,6 +113,8 @@ pub struct ServedModel {
     pub metrics: metrics::ModelMetrics,
     /// Recent answers, for probation (`probation`).
     pub tally: Mutex<probation::Tally>,
+    /// When its last frame was kept for shadow runs (`recent`).
+    pub frame_at_ms: AtomicU64,
 }
 
 impl ServedModel {
@@ -119,6 +123,7 @@ impl ServedModel {
             model,
             metrics: metrics::ModelMetrics::default(),
             tally: Mutex::new(probation::Tally::default()),
+            frame_at_ms: AtomicU64::new(0),
         }
     }
 
@@ -162,6 +167,8 @@ pub(crate) struct Shared {
     pub swap_lock: Mutex<()>,
     /// Candidates on probation.
     pub watches: probation::Watches,
+    /// The recent-frames writer; `None` when `ota.recent_frames = 0`.
+    pub recent: Option<recent::Recent>,
 }
 
 impl Shared {
@@ -340,6 +347,7 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
     let (tx, rx) = std::sync::mpsc::sync_channel(cfg.queue_depth);
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let drain = Duration::from_millis(cfg.request_timeout_ms + 5_000);
+    let recent = recent::Recent::start(&cfg);
     let shared = Arc::new(Shared {
         heartbeats: (0..cfg.workers).map(|_| AtomicU64::new(0)).collect(),
         cfg,
@@ -361,6 +369,7 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
         configured: OnceLock::new(),
         swap_lock: Mutex::new(()),
         watches: Mutex::new(Vec::new()),
+        recent,
     });
     let signals = install_signals(&shared)?;
     // Serve from the start: health and metrics answer while models load (ready = 503).
@@ -498,7 +507,7 @@ fn load_models(shared: &Arc<Shared>) -> Result<(), ServeError> {
         shared
             .notifier
             .status(&format!("verifying and building package {arg}"));
-        swap::count_boot(cfg, arg);
+        swap::count_boot(shared, arg);
         let bundled = beltbox_core::model::package::resolve(arg, cfg.models_dir.as_deref());
         let loaded = match ota_version(cfg, arg) {
             // A version installed over the air serves in place of the bundled package. It

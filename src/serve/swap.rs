@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use beltbox_core::memory::budget::human;
 use beltbox_core::model::{self, LoadOptions};
 
-use super::probation::{self, Verdict, Watch};
+use super::probation::{self, Baseline, Reason, Verdict, Watch};
 use super::{ServedModel, Shared};
 
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +169,7 @@ pub fn load(shared: &Arc<Shared>, name: &str) -> Result<Swapped, SwapError> {
             o.tally
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .distribution(&o.model.labels)
+                .baseline(&o.model.labels, &new.model)
         });
         watch(shared, &new, baseline);
     }
@@ -261,7 +261,8 @@ fn card_plan_bytes(dir: &std::path::Path) -> Option<u64> {
 /// for `name`, the start is counted, and a candidate started with too often without a
 /// verdict is rolled back before it loads (`ModelState::boot`). Takes the store's lock
 /// only when there is a candidate.
-pub(crate) fn count_boot(cfg: &super::Config, name: &str) {
+pub(crate) fn count_boot(shared: &Shared, name: &str) {
+    let cfg = &shared.cfg;
     if store_candidate(cfg, name).is_none() {
         return;
     }
@@ -278,9 +279,12 @@ pub(crate) fn count_boot(cfg: &super::Config, name: &str) {
         Ok(rolled)
     })();
     match result {
-        Ok(Some(v)) => log::error!(
-            "{name} {v}: the service keeps starting with it on probation without a verdict; rolled back"
-        ),
+        Ok(Some(v)) => {
+            shared.metrics.rolled_back(Reason::CrashLoop);
+            log::error!(
+                "{name} {v}: the service keeps starting with it on probation without a verdict; rolled back"
+            )
+        }
         Ok(None) => {}
         Err(e) => log::error!("{name}: cannot count this start in the OTA store: {e}"),
     }
@@ -298,12 +302,69 @@ pub(crate) fn store_candidate(cfg: &super::Config, name: &str) -> Option<String>
         .map(|c| c.version.clone())
 }
 
-/// Starts watching `m` on probation.
-pub(crate) fn watch(
-    shared: &Shared,
-    m: &Arc<ServedModel>,
-    baseline: Option<std::collections::BTreeMap<String, f64>>,
-) {
+/// Where the previous version's top-1 distribution is kept while `name@version` is on
+/// probation, so that a service restarted mid-probation (a crash, a power cut) still judges
+/// agreement against what served before it.
+fn baseline_path(cfg: &super::Config, name: &str, version: &str) -> PathBuf {
+    // The store collects it when `version` is no longer on probation.
+    beltbox_ota::store::Store::reader(&cfg.state_dir.join("ota"))
+        .probation_dir()
+        .join(format!("{name}@{version}.baseline.json"))
+}
+
+/// Keeps `baseline` for a restart (best effort: without it a restart judges no agreement).
+/// Written twice, the copy first (`durable::backup_of`): storage that loses the tail of the
+/// last file written in a power cut still has one whole copy.
+fn keep_baseline(cfg: &super::Config, name: &str, version: &str, baseline: &Baseline) {
+    use beltbox_ota::durable;
+    let path = baseline_path(cfg, name, version);
+    let written = serde_json::to_vec(baseline)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            if let Some(dir) = path.parent() {
+                durable::create_dir_durable(dir).map_err(|e| e.to_string())?;
+            }
+            durable::write_atomic(&durable::backup_of(&path), &bytes)
+                .and_then(|()| durable::write_atomic(&path, &bytes))
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = written {
+        log::warn!("{name} {version}: cannot keep the probation baseline: {e}");
+    }
+}
+
+/// The baseline kept for `name@version`, if a readable copy is there.
+fn kept_baseline(cfg: &super::Config, name: &str, version: &str) -> Option<Baseline> {
+    let one = |p: &std::path::Path| -> Result<Option<Baseline>, String> {
+        match std::fs::read(p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", p.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", p.display())),
+        }
+    };
+    match beltbox_ota::durable::read_kept(&baseline_path(cfg, name, version), one) {
+        Ok(b) => b,
+        Err(e) => {
+            log::warn!(
+                "{name} {version}: probation baseline unreadable ({e}); agreement is not judged"
+            );
+            None
+        }
+    }
+}
+
+/// Starts watching `m` on probation. Without a `baseline` (the service restarted while
+/// `m` was on probation), the one kept when its probation began is used.
+pub(crate) fn watch(shared: &Shared, m: &Arc<ServedModel>, baseline: Option<Baseline>) {
+    let baseline = match baseline {
+        Some(b) => {
+            keep_baseline(&shared.cfg, m.name(), &m.version(), &b);
+            Some(b)
+        }
+        None => kept_baseline(&shared.cfg, m.name(), &m.version()),
+    };
     log::info!(
         "{} {}: on probation ({} requests or {} s)",
         m.name(),
@@ -332,7 +393,10 @@ pub(crate) fn judge_watches(shared: &Arc<Shared>) {
         let mut out = Vec::new();
         w.retain(
             |x| match probation::judge(x, &shared.cfg.probation, x.since.elapsed()) {
-                Verdict::Continue => true,
+                Verdict::Continue => {
+                    beltbox_ota::kill::point("probation");
+                    true
+                }
                 v => {
                     out.push((x.model.name().to_string(), x.model.version(), v));
                     false
@@ -360,6 +424,7 @@ fn settle(shared: &Arc<Shared>, name: &str, version: &str, v: Verdict) {
     let result = (|| -> Result<(), String> {
         let (store, _) = beltbox_ota::store::Store::open(&root).map_err(|e| e.to_string())?;
         let mut state = store.load().map_err(|e| e.to_string())?;
+        beltbox_ota::kill::point("verdict");
         let ms = state.models.entry(name.clone()).or_default();
         if ms.candidate.as_ref().map(|c| c.version.as_str()) != Some(version.as_str()) {
             return Err(format!("the store's candidate is no longer {version}"));
@@ -370,17 +435,20 @@ fn settle(shared: &Arc<Shared>, name: &str, version: &str, v: Verdict) {
                 ms.commit(&name, now).map_err(|e| e.to_string())?;
                 ms.note(now, format!("{version}: {why}"));
                 store.save(&state).map_err(|e| e.to_string())?;
+                beltbox_ota::kill::point("commit");
                 shared.metrics.ota_commits.fetch_add(1, Relaxed);
                 log::info!("{name} {version}: {why}; committed");
             }
-            Verdict::Fail(why) => {
-                let why = format!("failed probation: {why}");
+            Verdict::Fail(failure) => {
+                let why = format!("failed probation: {}", failure.why);
                 ms.roll_back(&name, &why, now).map_err(|e| e.to_string())?;
                 store.save(&state).map_err(|e| e.to_string())?;
-                shared.metrics.ota_rollbacks.fetch_add(1, Relaxed);
+                beltbox_ota::kill::point("rollback");
+                shared.metrics.rolled_back(failure.reason);
                 log::warn!("{name} {version}: {why}; rolling back");
                 drop(store);
                 let back = load(shared, &name).map_err(|e| e.to_string())?;
+                beltbox_ota::kill::point("rolled-back");
                 log::warn!("{name}: rolled back live to {}", back.to);
                 let (store, _) =
                     beltbox_ota::store::Store::open(&root).map_err(|e| e.to_string())?;

@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::kserve::{self, InputTensor};
+use super::recent::Recent;
 use super::{ServedModel, Shared};
 use beltbox_core::detect::Detection;
 use beltbox_core::model::ModelError;
@@ -105,11 +106,22 @@ fn run(
         ));
     }
     shared.metrics.in_flight.fetch_add(1, Relaxed);
+    let frame = shared
+        .recent
+        .as_ref()
+        .filter(|r| r.claim(&model.frame_at_ms, shared.now_ms()))
+        .and_then(|_| Recent::copy(&inputs, shared.gate.get()));
     let result = infer(model, inputs, us(queued));
+    if let (Some(r), Some(f), Ok(_)) = (&shared.recent, frame, &result) {
+        r.offer(model.name(), f);
+    }
     shared.metrics.in_flight.fetch_sub(1, Relaxed);
     if let Ok(mut t) = model.tally.lock() {
         match &result {
-            Ok(done) => t.record_ok(done.top1.as_ref().map(|c| c.index), done.stages.total_us()),
+            Ok(done) => t.record_ok(
+                done.top1.as_ref().map(|c| (c.index, c.score)),
+                done.stages.total_us(),
+            ),
             // A model failure counts against it; a client's bad request does not.
             Err((status, _)) if *status >= 500 => t.record_error(),
             Err(_) => {}
