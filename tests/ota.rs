@@ -144,6 +144,15 @@ impl Box_ {
         Box_ { tmp, channel, keys }
     }
 
+    /// A box with `version` published and installed from its channel directory.
+    fn installed(version: &str) -> Box_ {
+        let b = Box_::new();
+        b.publish(version);
+        let o = b.ota(&["install", b.channel.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        b
+    }
+
     /// A copy of this box (its channel, keys and state) in a directory of its own.
     fn copy(&self) -> Box_ {
         let tmp = tempfile::tempdir().unwrap();
@@ -292,12 +301,7 @@ fn usb_channel_directory_installs_and_a_local_package_needs_unsigned() {
 
 #[test]
 fn a_store_version_that_no_longer_loads_falls_back_to_the_bundled_package() {
-    let b = Box_::new();
-    b.publish("1.1.0");
-    assert!(b
-        .ota(&["install", b.channel.to_str().unwrap()])
-        .status
-        .success());
+    let b = Box_::installed("1.1.0");
     let dir = Path::new(&b.state()).join(format!("ota/versions/{MODEL}@1.1.0"));
     // A golden reference that no longer matches (hash updated, so only the self-check
     // can tell): the bundled package serves.
@@ -449,21 +453,15 @@ fn an_install_killed_or_power_cut_at_any_point_leaves_a_serving_box_and_complete
             }
         }
     }
-    let failed = table(&rows, |&(up, point, cut)| {
+    assert_eq!(rows.len(), 2 * cuts().len() * points.len());
+    table("install kill", &rows, |&(up, point, cut)| {
         install_row(if up { &upgrade } else { &first }, up, point, cut)
     });
-    eprintln!(
-        "install kill rows survived: {} of {}",
-        rows.len() - failed.len(),
-        rows.len()
-    );
-    assert!(failed.is_empty(), "{}", failed.join("\n"));
-    assert_eq!(rows.len(), 2 * cuts().len() * points.len());
 }
 
-/// Runs `row` for every row, two at a time (each row is a few short processes), and
-/// returns the failures.
-fn table<R: Sync>(rows: &[R], row: impl Fn(&R) -> Result<String, String> + Sync) -> Vec<String> {
+/// Runs `row` for every row, two at a time (each row is a few short processes), prints
+/// what survived, and fails with every failed row listed.
+fn table<R: Sync>(what: &str, rows: &[R], row: impl Fn(&R) -> Result<String, String> + Sync) {
     let next = AtomicU64::new(0);
     let failed = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -478,7 +476,13 @@ fn table<R: Sync>(rows: &[R], row: impl Fn(&R) -> Result<String, String> + Sync)
             });
         }
     });
-    failed.into_inner().unwrap()
+    let failed = failed.into_inner().unwrap();
+    eprintln!(
+        "{what} rows survived: {} of {}",
+        rows.len() - failed.len(),
+        rows.len()
+    );
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
 fn install_row(template: &Box_, upgrade: bool, point: &str, cut: Cut) -> Result<String, String> {
@@ -573,10 +577,7 @@ fn send(addr: std::net::SocketAddr, n: usize) -> usize {
 /// against the baseline kept on disk, and the verdict the candidate deserved is reached.
 #[test]
 fn a_service_killed_or_power_cut_in_probation_comes_back_and_reaches_the_right_verdict() {
-    let good = Box_::new();
-    good.publish("1.1.0");
-    let o = good.ota(&["install", good.channel.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let good = Box_::installed("1.1.0");
     let bad = good.copy();
     good.publish("1.2.0");
     bad.publish_mislabelled("1.2.0");
@@ -592,20 +593,14 @@ fn a_service_killed_or_power_cut_in_probation_comes_back_and_reaches_the_right_v
         }
         rows.push((false, "cli-rollback", cut));
     }
-    let failed = table(&rows, |&(pass, point, cut)| {
+    assert_eq!(rows.len(), 8 * cuts().len());
+    table("probation kill", &rows, |&(pass, point, cut)| {
         if point == "cli-rollback" {
             cli_rollback_row(&good, cut)
         } else {
             probation_row(if pass { &good } else { &bad }, pass, point, cut)
         }
     });
-    eprintln!(
-        "probation kill rows survived: {} of {}",
-        rows.len() - failed.len(),
-        rows.len()
-    );
-    assert!(failed.is_empty(), "{}", failed.join("\n"));
-    assert_eq!(rows.len(), 8 * cuts().len());
 }
 
 /// Waits up to `secs` for the process to exit; its signal, if it was killed by one.
@@ -875,12 +870,7 @@ fn hot_swap_under_load_and_live_rollback_fail_no_request() {
 /// serves (marked bad; the card gives the agreement); one that agrees is installed.
 #[test]
 fn the_shadow_run_refuses_a_version_that_disagrees_on_recent_frames() {
-    let b = Box_::new();
-    b.publish("1.1.0");
-    assert!(b
-        .ota(&["install", b.channel.to_str().unwrap()])
-        .status
-        .success());
+    let b = Box_::installed("1.1.0");
     let cfg = format!(
         "state_dir = \"{}\"\n[ota]\nrecent_frames = 8\nrecent_frame_interval_ms = 0\n",
         b.state()
@@ -1105,12 +1095,7 @@ fn the_service_polls_its_channel_and_swaps_in_what_is_published() {
 /// version after three starts, with the candidate marked bad.
 #[test]
 fn a_service_that_keeps_restarting_on_a_candidate_ends_on_the_active_version() {
-    let b = Box_::new();
-    b.publish("1.1.0");
-    assert!(b
-        .ota(&["install", b.channel.to_str().unwrap()])
-        .status
-        .success());
+    let b = Box_::installed("1.1.0");
     b.publish("1.2.0");
     assert!(b
         .ota(&["install", b.channel.to_str().unwrap()])
