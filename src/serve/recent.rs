@@ -47,8 +47,8 @@ impl Recent {
                 let mut warned = false;
                 for (name, frame, held) in rx {
                     let ring = Ring::new(&root.join(&name), keep);
-                    let pushed = ring.push(&frame);
-                    drop((frame, held));
+                    let pushed = ring.push(frame);
+                    drop(held);
                     match pushed {
                         Ok(()) => warned = false,
                         // Once per run of failures (a full disk): the shadow run skips.

@@ -45,26 +45,21 @@ pub type Input = (Vec<usize>, Elements);
 /// Most inputs a frame may hold (a manifest allows no more).
 const MAX_INPUTS: usize = crate::manifest::MAX_INPUTS;
 
-/// The frame's files: name and bytes, one per input.
-fn encode(inputs: &[Input]) -> Vec<(String, Vec<u8>)> {
-    inputs
-        .iter()
-        .enumerate()
-        .map(|(i, (shape, data))| {
-            let tensor = |d: TensorData| npy::to_bytes(&Tensor::new(shape.clone(), d));
-            match data {
-                Elements::F32(v) => (format!("{i}.npy"), tensor(TensorData::F32(v.clone()))),
-                Elements::I8(v) => (format!("{i}.npy"), tensor(TensorData::I8(v.clone()))),
-                Elements::U8(v) => (format!("{i}.npy"), tensor(TensorData::U8(v.clone()))),
-                Elements::Typed(d) => (format!("{i}.npy"), tensor(d.clone())),
-                // One encoded file per element; the service takes exactly one.
-                Elements::Bytes(files) => (
-                    format!("{i}.file"),
-                    files.first().cloned().unwrap_or_default(),
-                ),
-            }
-        })
-        .collect()
+/// Input `i`'s file: its name and bytes. Takes the input, so that at most the input and
+/// its encoding are in memory at once (the service reserves twice a frame's bytes for it).
+fn encode(i: usize, (shape, data): Input) -> (String, Vec<u8>) {
+    let tensor = |d: TensorData| npy::to_bytes(&Tensor::new(shape, d));
+    match data {
+        Elements::F32(v) => (format!("{i}.npy"), tensor(TensorData::F32(v))),
+        Elements::I8(v) => (format!("{i}.npy"), tensor(TensorData::I8(v))),
+        Elements::U8(v) => (format!("{i}.npy"), tensor(TensorData::U8(v))),
+        Elements::Typed(d) => (format!("{i}.npy"), tensor(d)),
+        // One encoded file per element; the service takes exactly one.
+        Elements::Bytes(files) => (
+            format!("{i}.file"),
+            files.into_iter().next().unwrap_or_default(),
+        ),
+    }
 }
 
 /// The frames kept for one model.
@@ -105,8 +100,8 @@ impl Ring {
     }
 
     /// Adds a frame, then drops the oldest beyond `keep` (and leftovers of an interrupted
-    /// write).
-    pub fn push(&self, inputs: &[Input]) -> Result<(), FramesError> {
+    /// write). Each input is freed once written.
+    pub fn push(&self, inputs: Vec<Input>) -> Result<(), FramesError> {
         if self.keep == 0 {
             return Ok(());
         }
@@ -119,7 +114,8 @@ impl Ring {
         let tmp = self.dir.join(format!(".tmp-{next}"));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir(&tmp).map_err(at("create", &tmp))?;
-        for (name, bytes) in encode(inputs) {
+        for (i, input) in inputs.into_iter().enumerate() {
+            let (name, bytes) = encode(i, input);
             let p = tmp.join(name);
             fs::write(&p, bytes).map_err(at("write", &p))?;
         }
@@ -182,7 +178,7 @@ mod tests {
         let ring = Ring::new(&d.path().join("m"), 3);
         assert!(ring.list().unwrap().is_empty());
         for k in 0..5u8 {
-            ring.push(&[
+            ring.push(vec![
                 (vec![1, 2], Elements::F32(vec![f32::from(k), 0.5])),
                 (vec![1], Elements::Bytes(vec![vec![k, 9, 9]])),
             ])
@@ -200,7 +196,7 @@ mod tests {
     fn a_damaged_frame_is_an_error_not_a_panic() {
         let d = tempfile::tempdir().unwrap();
         let ring = Ring::new(d.path(), 2);
-        ring.push(&[(vec![3], Elements::U8(vec![1, 2, 3]))])
+        ring.push(vec![(vec![3], Elements::U8(vec![1, 2, 3]))])
             .unwrap();
         let f = &ring.list().unwrap()[0];
         fs::write(f.join("0.npy"), b"\x93NUMPY\x01").unwrap();
