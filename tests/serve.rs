@@ -428,7 +428,7 @@ fn heap_stays_under_the_budget_when_requests_compete_for_memory() {
         "requests and connections used {} over a limit of {limit} + {connections} for connections",
         peak - baseline
     );
-    assert_eq!(metric(&m, "beltbox_memory_reserved_bytes"), 0.0);
+    assert_eq!(common::server::settled_reserved_bytes(&server), 0.0);
     server.stop();
 }
 

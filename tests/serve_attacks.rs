@@ -123,8 +123,7 @@ fn camera_frame_is_served(h: usize, w: usize, config: &str) {
     let p = post_binary(&mut c, INFER, &png_body, &png_hl);
     assert_eq!(p.status, 200, "{w}x{h} PNG frame: {}", p.text());
     assert_eq!(logits(&r.text()), logits(&p.text()));
-    let m = server.metrics();
-    assert_eq!(metric(&m, "beltbox_memory_reserved_bytes"), 0.0);
+    assert_eq!(common::server::settled_reserved_bytes(&server), 0.0);
     server.stop();
 }
 

@@ -166,6 +166,20 @@ impl Drop for Server {
     }
 }
 
+/// `beltbox_memory_reserved_bytes` once it reads 0, else its value after 5 s. Nothing stays
+/// reserved once answered, but a frame kept for OTA shadow runs holds its room until its
+/// writer has it on disk (src/serve/recent.rs), a moment after the response.
+pub fn settled_reserved_bytes(s: &Server) -> f64 {
+    let t = Instant::now();
+    loop {
+        let reserved = metric(&s.metrics(), "beltbox_memory_reserved_bytes");
+        if reserved == 0.0 || t.elapsed() > Duration::from_secs(5) {
+            return reserved;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Value of an unlabelled or labelled sample line in Prometheus text.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
