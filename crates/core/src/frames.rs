@@ -10,13 +10,13 @@
 //! They are samples, not records: they are not synced, and a frame a power cut damaged is
 //! skipped by [`read`], never fatal.
 
-use std::fs;
-use std::io;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::npy;
 use crate::preprocess::Elements;
-use crate::tensor::{Tensor, TensorData};
+use crate::tensor::{DType, TensorData};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FramesError {
@@ -45,21 +45,56 @@ pub type Input = (Vec<usize>, Elements);
 /// Most inputs a frame may hold (a manifest allows no more).
 const MAX_INPUTS: usize = crate::manifest::MAX_INPUTS;
 
-/// Input `i`'s file: its name and bytes. Takes the input, so that at most the input and
-/// its encoding are in memory at once (the service reserves twice a frame's bytes for it).
-fn encode(i: usize, (shape, data): Input) -> (String, Vec<u8>) {
-    let tensor = |d: TensorData| npy::to_bytes(&Tensor::new(shape, d));
-    match data {
-        Elements::F32(v) => (format!("{i}.npy"), tensor(TensorData::F32(v))),
-        Elements::I8(v) => (format!("{i}.npy"), tensor(TensorData::I8(v))),
-        Elements::U8(v) => (format!("{i}.npy"), tensor(TensorData::U8(v))),
-        Elements::Typed(d) => (format!("{i}.npy"), tensor(d)),
+/// Writes input `i` into `dir` as `I.npy` or `I.file`, streaming a tensor's data after its
+/// header: at most the input and a 64 KiB buffer are in memory (the service reserves twice
+/// a frame's bytes for it).
+fn write_input(dir: &Path, i: usize, (shape, data): Input) -> Result<(), FramesError> {
+    let npy_path = dir.join(format!("{i}.npy"));
+    let tensor_file = |dtype: DType| -> Result<BufWriter<File>, FramesError> {
+        let mut w = BufWriter::with_capacity(
+            64 * 1024,
+            File::create(&npy_path).map_err(at("create", &npy_path))?,
+        );
+        w.write_all(&npy::header(&shape, dtype))
+            .map_err(at("write", &npy_path))?;
+        Ok(w)
+    };
+    let mut w = match data {
+        Elements::F32(v) => {
+            let mut w = tensor_file(DType::Float32)?;
+            for x in &v {
+                w.write_all(&x.to_le_bytes())
+                    .map_err(at("write", &npy_path))?;
+            }
+            w
+        }
+        Elements::I8(v) => {
+            let mut w = tensor_file(DType::Int8)?;
+            for x in &v {
+                w.write_all(&x.to_le_bytes())
+                    .map_err(at("write", &npy_path))?;
+            }
+            w
+        }
+        Elements::U8(v) => {
+            let mut w = tensor_file(DType::Uint8)?;
+            w.write_all(&v).map_err(at("write", &npy_path))?;
+            w
+        }
+        Elements::Typed(d) => {
+            let mut w = tensor_file(d.dtype())?;
+            w.write_all(&d.to_le_bytes())
+                .map_err(at("write", &npy_path))?;
+            w
+        }
         // One encoded file per element; the service takes exactly one.
-        Elements::Bytes(files) => (
-            format!("{i}.file"),
-            files.into_iter().next().unwrap_or_default(),
-        ),
-    }
+        Elements::Bytes(files) => {
+            let p = dir.join(format!("{i}.file"));
+            let file = files.into_iter().next().unwrap_or_default();
+            return fs::write(&p, file).map_err(at("write", &p));
+        }
+    };
+    w.flush().map_err(at("write", &npy_path))
 }
 
 /// The frames kept for one model.
@@ -115,9 +150,7 @@ impl Ring {
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir(&tmp).map_err(at("create", &tmp))?;
         for (i, input) in inputs.into_iter().enumerate() {
-            let (name, bytes) = encode(i, input);
-            let p = tmp.join(name);
-            fs::write(&p, bytes).map_err(at("write", &p))?;
+            write_input(&tmp, i, input)?;
         }
         let dest = self.dir.join(format!("{next:012}"));
         fs::rename(&tmp, &dest).map_err(at("rename", &dest))?;

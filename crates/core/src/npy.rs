@@ -92,12 +92,22 @@ pub fn parse(bytes: &[u8]) -> Result<Tensor, NpyError> {
 
 /// Serialises a tensor as .npy v1.0 (what `np.save` writes for these dtypes).
 pub fn to_bytes(t: &Tensor) -> Vec<u8> {
-    let descr = t.dtype().npy_descr();
-    let shape = match t.shape.len() {
-        1 => format!("({},)", t.shape[0]),
+    let head = header(&t.shape, t.dtype());
+    let mut out = Vec::with_capacity(head.len() + t.len() * t.dtype().size_of());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&t.as_bytes());
+    out
+}
+
+/// The bytes of an .npy v1.0 file before its data, for `shape` of `dtype` (a writer that
+/// streams the data after it holds no second copy of a large tensor).
+pub fn header(shape: &[usize], dtype: DType) -> Vec<u8> {
+    let descr = dtype.npy_descr();
+    let shape = match shape.len() {
+        1 => format!("({},)", shape[0]),
         _ => format!(
             "({})",
-            t.shape
+            shape
                 .iter()
                 .map(|d| d.to_string())
                 .collect::<Vec<_>>()
@@ -109,12 +119,11 @@ pub fn to_bytes(t: &Tensor) -> Vec<u8> {
     let unpadded = MAGIC.len() + 2 + 2 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + t.len() * t.dtype().size_of());
+    let mut out = Vec::with_capacity(10 + header.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(&t.as_bytes());
     out
 }
 
