@@ -118,6 +118,53 @@ pub fn resync(b: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// The intact records of a segment's bytes, in order, skipping damage (the scan resumes at
+/// the next intact record). After the walk, [`Records::end`] is where the last intact
+/// record ends (anything after it is a torn tail) and [`Records::damaged`] the bytes
+/// skipped before it.
+pub struct Records<'a> {
+    b: &'a [u8],
+    at: usize,
+    pub end: usize,
+    pub damaged: u64,
+}
+
+impl<'a> Records<'a> {
+    pub fn new(b: &'a [u8]) -> Records<'a> {
+        Records {
+            b,
+            at: 0,
+            end: 0,
+            damaged: 0,
+        }
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    /// (seq, payload)
+    type Item = (u64, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let b = self.b;
+        while self.at < b.len() {
+            match decode(&b[self.at..]) {
+                Found::Record { seq, payload, size } => {
+                    self.at += size;
+                    self.end = self.at;
+                    return Some((seq, payload));
+                }
+                Found::Short | Found::Bad => {
+                    // Nothing intact after it: the tail.
+                    let next = resync(b, self.at + 1)?;
+                    self.damaged += (next - self.at) as u64;
+                    self.at = next;
+                }
+            }
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

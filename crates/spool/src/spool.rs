@@ -29,7 +29,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::record::{self, Found, RecordError};
+use crate::record::{self, RecordError, Records};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -147,27 +147,13 @@ fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 /// Scans one segment's bytes: (records, the last seq, where the intact part ends, damaged
 /// bytes skipped).
 fn scan(b: &[u8]) -> (u64, Option<u64>, usize, u64) {
-    let (mut records, mut last, mut at, mut damaged) = (0, None, 0usize, 0u64);
-    let mut end = 0;
-    while at < b.len() {
-        match record::decode(&b[at..]) {
-            Found::Record { seq, size, .. } => {
-                records += 1;
-                last = Some(seq);
-                at += size;
-                end = at;
-            }
-            Found::Short | Found::Bad => match record::resync(b, at + 1) {
-                Some(next) => {
-                    damaged += (next - at) as u64;
-                    at = next;
-                }
-                // Nothing intact after it: the tail.
-                None => break,
-            },
-        }
+    let mut walk = Records::new(b);
+    let (mut records, mut last) = (0, None);
+    for (seq, _) in walk.by_ref() {
+        records += 1;
+        last = Some(seq);
     }
-    (records, last, end, damaged)
+    (records, last, walk.end, walk.damaged)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
@@ -443,25 +429,12 @@ impl Spool {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(at("read", path)(e)),
             };
-            let mut at_ = 0;
-            while at_ < b.len() && out.len() < max {
-                match record::decode(&b[at_..]) {
-                    Found::Record {
-                        seq: s,
-                        payload,
-                        size,
-                    } => {
-                        if s >= seq && s <= durable {
-                            out.push((s, payload.to_vec()));
-                        }
-                        at_ += size;
-                    }
-                    _ => match record::resync(&b, at_ + 1) {
-                        Some(next) => at_ = next,
-                        None => break,
-                    },
-                }
-            }
+            out.extend(
+                Records::new(&b)
+                    .filter(|(s, _)| *s >= seq && *s <= durable)
+                    .take(max - out.len())
+                    .map(|(s, payload)| (s, payload.to_vec())),
+            );
             if out.len() >= max {
                 break;
             }
