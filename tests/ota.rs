@@ -153,6 +153,19 @@ impl Box_ {
         b
     }
 
+    /// A config for `beltbox ota --config`: this box's state, and the service `s` to tell
+    /// about what it installs or rolls back.
+    fn cli_config(&self, s: &Server) -> String {
+        let path = self.tmp.path().join("cli.toml");
+        let text = format!(
+            "state_dir = \"{}\"\n[server]\nlisten = [\"{}\"]\n",
+            self.state(),
+            s.addr
+        );
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
     /// A copy of this box (its channel, keys and state) in a directory of its own.
     fn copy(&self) -> Box_ {
         let tmp = tempfile::tempdir().unwrap();
@@ -214,14 +227,21 @@ impl Box_ {
     }
 
     fn publish_dir(&self, pkg: &Path) {
-        let o = beltbox(&[
+        self.publish_dir_with(pkg, &[]);
+    }
+
+    /// `beltbox ota publish` of `pkg` with `extra` flags (`--wave ...`).
+    fn publish_dir_with(&self, pkg: &Path, extra: &[&str]) {
+        let mut args = vec![
             "ota",
             "publish",
             self.channel.to_str().unwrap(),
             pkg.to_str().unwrap(),
             "--keys",
             self.keys.to_str().unwrap(),
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let o = beltbox(&args);
         assert!(o.status.success(), "{}", stderr(&o));
     }
 
@@ -627,24 +647,10 @@ fn probation_row(template: &Box_, pass: bool, point: &str, cut: Cut) -> Result<S
         b.state()
     );
     let mut s = Server::start(&[], Some(&cfg), &[(beltbox_ota::kill::ENV, point)]);
-    let cli = b.tmp.path().join("cli.toml");
-    std::fs::write(
-        &cli,
-        format!(
-            "state_dir = \"{}\"\n[server]\nlisten = [\"{}\"]\n",
-            b.state(),
-            s.addr
-        ),
-    )
-    .unwrap();
+    let cli = b.cli_config(&s);
     // The baseline: what 1.1.0 answers.
     send(s.addr, 40);
-    let o = b.ota(&[
-        "install",
-        b.channel.to_str().unwrap(),
-        "--config",
-        cli.to_str().unwrap(),
-    ]);
+    let o = b.ota(&["install", b.channel.to_str().unwrap(), "--config", &cli]);
     if !o.status.success() {
         return Err(format!("{case}: install: {}", stderr(&o)));
     }
@@ -812,12 +818,7 @@ fn hot_swap_under_load_and_live_rollback_fail_no_request() {
     assert!(b.ota(&["pull", "--channel", &http.url]).status.success());
     let cfg = format!("state_dir = \"{}\"\n", b.state());
     let s = Server::start(&[], Some(&cfg), &[]);
-    let cli_cfg = b.tmp.path().join("cli.toml");
-    std::fs::write(
-        &cli_cfg,
-        format!("{cfg}[server]\nlisten = [\"{}\"]\n", s.addr),
-    )
-    .unwrap();
+    let cli_cfg = b.cli_config(&s);
     assert_eq!(serving(&s), "1.1.0");
     let load = Load::start(&s, 2, Duration::ZERO);
     std::thread::sleep(Duration::from_millis(300));
@@ -825,13 +826,7 @@ fn hot_swap_under_load_and_live_rollback_fail_no_request() {
     b.publish("1.2.0");
     let before = load.served();
     let t = std::time::Instant::now();
-    let o = b.ota(&[
-        "pull",
-        "--channel",
-        &http.url,
-        "--config",
-        cli_cfg.to_str().unwrap(),
-    ]);
+    let o = b.ota(&["pull", "--channel", &http.url, "--config", &cli_cfg]);
     let swap_s = t.elapsed().as_secs_f64();
     let during = load.served() - before;
     assert!(o.status.success(), "{}", stderr(&o));
@@ -839,7 +834,7 @@ fn hot_swap_under_load_and_live_rollback_fail_no_request() {
     assert!(out.contains("now serves 1.2.0"), "{out}");
     assert_eq!(serving(&s), "1.2.0");
 
-    let o = b.ota(&["rollback", MODEL, "--config", cli_cfg.to_str().unwrap()]);
+    let o = b.ota(&["rollback", MODEL, "--config", &cli_cfg]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         common::stdout(&o).contains("now serves 1.1.0"),
@@ -876,9 +871,8 @@ fn the_shadow_run_refuses_a_version_that_disagrees_on_recent_frames() {
         b.state()
     );
     let s = Server::start(&[], Some(&cfg), &[]);
-    let cli = b.tmp.path().join("cli.toml");
-    std::fs::write(&cli, format!("{cfg}[server]\nlisten = [\"{}\"]\n", s.addr)).unwrap();
-    let cli = cli.to_str().unwrap();
+    let cli = b.cli_config(&s);
+    let cli = cli.as_str();
     let frames = Path::new(&b.state()).join(format!("ota/recent/{MODEL}"));
     // Whole frames (a frame being written is a `.tmp-N` directory).
     let count = || {
@@ -963,17 +957,8 @@ fn end_to_end(over_http: bool) {
         b.state()
     );
     let s = Server::start(&[], Some(&cfg), &[]);
-    let cli_cfg = b.tmp.path().join("cli.toml");
-    std::fs::write(
-        &cli_cfg,
-        format!(
-            "state_dir = \"{}\"\n[server]\nlisten = [\"{}\"]\n",
-            b.state(),
-            s.addr
-        ),
-    )
-    .unwrap();
-    let cli = cli_cfg.to_str().unwrap();
+    let cli_cfg = b.cli_config(&s);
+    let cli = cli_cfg.as_str();
     // Steady, not flat out: about 1000 requests a second.
     let load = Load::start(&s, 1, Duration::from_millis(1));
     // The baseline: what 1.1.0 answers on this traffic.
@@ -1131,18 +1116,7 @@ fn a_service_that_keeps_restarting_on_a_candidate_ends_on_the_active_version() {
 fn a_target_installs_only_once_its_rollout_wave_reaches_this_box() {
     let b = Box_::new();
     let publish = |version: &str, wave: &str| {
-        let pkg = b.package(version);
-        let o = beltbox(&[
-            "ota",
-            "publish",
-            b.channel.to_str().unwrap(),
-            pkg.to_str().unwrap(),
-            "--keys",
-            b.keys.to_str().unwrap(),
-            "--wave",
-            wave,
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
+        b.publish_dir_with(&b.package(version), &["--wave", wave]);
     };
     let channel = b.channel.to_str().unwrap().to_string();
     // Everyone, but only from an hour from now.
