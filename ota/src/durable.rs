@@ -176,7 +176,18 @@ pub fn create_dir_durable(dir: &Path) -> Result<(), DurableError> {
     }
 }
 
-/// Deletes the temporaries a crash left in `dir` (not recursive). Returns their names.
+/// Whether the process that names a temporary (`.NAME.tmp-PID`) still runs: then it is
+/// being written (the service saving its state while `beltbox ota status` opens the
+/// store), not left by a crash, and deleting it would fail that write.
+fn writer_alive(name: &str) -> bool {
+    name.rsplit(TMP_MARK)
+        .next()
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Deletes the temporaries a crash left in `dir` (not recursive): those whose writer no
+/// longer runs. Returns their names.
 pub fn remove_leftovers(dir: &Path) -> Result<Vec<String>, DurableError> {
     let mut removed = Vec::new();
     let entries = match fs::read_dir(dir) {
@@ -187,7 +198,7 @@ pub fn remove_leftovers(dir: &Path) -> Result<Vec<String>, DurableError> {
     for entry in entries {
         let entry = entry.map_err(at("list", dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.contains(TMP_MARK) {
+        if name.starts_with('.') && name.contains(TMP_MARK) && !writer_alive(&name) {
             let path = entry.path();
             fs::remove_file(&path).map_err(at("remove leftover", &path))?;
             removed.push(name);
@@ -272,14 +283,19 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("state.json");
         write_atomic(&p, b"old").unwrap();
-        // What a process killed between write and rename leaves behind.
-        fs::write(d.path().join(".state.json.tmp-99999"), b"half").unwrap();
+        // What a process killed between write and rename leaves behind (a pid above
+        // Linux's largest pid_max: never a running process).
+        fs::write(d.path().join(".state.json.tmp-4194305"), b"half").unwrap();
+        // A write in progress in a live process (this one) is not a leftover.
+        let live = format!(".state.json.tmp-{}", std::process::id());
+        fs::write(d.path().join(&live), b"being written").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"old");
         assert_eq!(
             remove_leftovers(d.path()).unwrap(),
-            vec![".state.json.tmp-99999".to_string()]
+            vec![".state.json.tmp-4194305".to_string()]
         );
         assert!(remove_leftovers(d.path()).unwrap().is_empty());
+        assert!(d.path().join(&live).exists());
     }
 
     #[test]

@@ -734,11 +734,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(d.path()).unwrap();
         staged(&store, "half-unpacked", 10);
-        fs::write(d.path().join(".state.json.tmp-4242"), b"{\"form").unwrap();
+        fs::write(d.path().join(".state.json.tmp-4194305"), b"{\"form").unwrap();
         drop(store);
         let (_, found) = Store::open(d.path()).unwrap();
         assert_eq!(found.staging, vec!["half-unpacked".to_string()]);
-        assert_eq!(found.temporaries, vec![".state.json.tmp-4242".to_string()]);
+        assert_eq!(
+            found.temporaries,
+            vec![".state.json.tmp-4194305".to_string()]
+        );
     }
 
     #[test]
