@@ -6,13 +6,24 @@
 //! |---|---|---|
 //! | [`record`] | one record's framing: magic, length, sequence number, CRC; finding the next intact record after damage | no |
 //! | [`spool`] | segment files, group commit, the size bound, recovery on open, reading for upload | files |
+//! | [`cursor`] | an uploader's persisted position, replaced atomically | files |
+//! | [`envelope`] | the message a record travels in (id, box, stream, seq, record) | no |
+//! | [`mqtt`] | the MQTT sink: QoS 1 batches, confirmed by PUBACK | network |
+//! | [`http_sink`] | the HTTP sink: JSON-lines batches with an idempotency key | network |
+//! | [`upload`] | the uploader thread: one task per stream and sink, cursors, backoff with jitter | thread |
 //!
-//! Below the service and beside the core: it knows files and bytes, not models.
+//! Below the service and beside the core: it knows files, bytes and brokers, not models.
 
+pub mod cursor;
+pub mod envelope;
+pub mod http_sink;
+pub mod mqtt;
 pub mod record;
 pub mod spool;
+pub mod upload;
 
-pub use spool::{Options, Recovery, Spool, SpoolError, Stats};
+pub use spool::{durable, Options, Progress, Recovery, Spool, SpoolError, Stats};
+pub use upload::{SinkStats, UploadConfig, Uploader};
 
 #[cfg(test)]
 mod tests {
@@ -166,6 +177,26 @@ mod tests {
         // What is kept is the newest, contiguous to the end.
         assert_eq!(kept.last().unwrap().0, 200);
         assert_eq!(kept[0].0, st.dropped + 1);
+        s.close();
+    }
+
+    #[test]
+    fn a_spool_bounded_by_count_drops_the_oldest_segments() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Spool::open(Options {
+            segment_bytes: 200,
+            max_records: 20,
+            ..opts(d.path())
+        })
+        .unwrap();
+        for i in 0..100u32 {
+            s.commit(format!("{i:040}").as_bytes(), WAIT).unwrap();
+        }
+        let kept = s.read_from(1, 1000).unwrap();
+        // Whole segments (4 records each here) go until the count is within the bound.
+        assert!((17..=20).contains(&kept.len()), "{}", kept.len());
+        assert_eq!(kept.len() as u64 + s.stats().dropped, 100);
+        assert_eq!(kept.last().unwrap().0, 100);
         s.close();
     }
 

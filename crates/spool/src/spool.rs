@@ -15,6 +15,14 @@
 //! - A segment is closed (synced) and a new one started when it passes `segment_bytes`.
 //! - **Bounded:** when the segments pass `max_bytes`, the oldest whole segments are
 //!   deleted and their records counted as dropped ([`Stats::dropped`], logged).
+//! - **Waiting without a thread:** the durable sequence number is also published on a
+//!   tokio watch channel ([`Spool::progress`], [`durable`]), so an async HTTP task awaits
+//!   its record's sync without holding a thread.
+//! - **One writer:** the directory is locked (`flock` on `LOCK`) while open; a second
+//!   process gets [`SpoolError::Locked`], never interleaved segments.
+//! - **A failed write is undone:** when `write(2)` fails part-way (a full disk), the
+//!   segment is cut back to its last whole record, so no torn record sits between good
+//!   ones and the sequence number is not used.
 //! - **Open** scans every segment: a record cut short at the end of the last segment (a
 //!   torn write) is truncated away; a damaged record anywhere is skipped, and the scan
 //!   resumes at the next intact record (the format's magic), so no good record is lost to
@@ -29,7 +37,18 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsRawFd;
+
+use tokio::sync::watch;
+
 use crate::record::{self, RecordError, Records};
+
+/// The lock file every spool directory holds while open.
+pub const LOCK: &str = "LOCK";
+/// The spool's epoch: a random id written once when the directory is first used. Message
+/// ids carry it, so a spool started afresh (a wiped or replaced card: sequence numbers
+/// begin at 1 again) never reuses an id a receiver has already seen.
+pub const EPOCH: &str = "EPOCH";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -48,6 +67,8 @@ pub enum SpoolError {
     Sync(String),
     #[error("spool is closed")]
     Closed,
+    #[error("spool {} is in use by another process (locked: {LOCK}); one service per state_dir", .0.display())]
+    Locked(PathBuf),
 }
 
 fn at<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolError + 'a {
@@ -62,10 +83,15 @@ fn at<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolEr
 #[derive(Debug, Clone)]
 pub struct Options {
     pub dir: PathBuf,
-    /// A segment is closed past this size.
+    /// A segment is closed past this size, or past this many records (so that a bound by
+    /// count, which drops whole segments, holds closely).
     pub segment_bytes: u64,
+    pub segment_records: u64,
     /// All segments together; past it the oldest are dropped.
     pub max_bytes: u64,
+    /// Records kept at most (kept low-confidence inputs are bounded by count too); past it
+    /// the oldest segments are dropped.
+    pub max_records: u64,
     /// How long the committer lets appends gather before one sync.
     pub commit_interval: Duration,
 }
@@ -75,7 +101,9 @@ impl Options {
         Options {
             dir: dir.to_path_buf(),
             segment_bytes: 4 << 20,
+            segment_records: u64::MAX,
             max_bytes: 256 << 20,
+            max_records: u64::MAX,
             commit_interval: Duration::from_millis(2),
         }
     }
@@ -101,6 +129,8 @@ pub struct Stats {
     pub written: u64,
     pub durable: u64,
     pub syncs: u64,
+    /// Time spent in the committer's `fdatasync` calls, in microseconds.
+    pub sync_us: u64,
     /// Records deleted, oldest first, to stay within `max_bytes`.
     pub dropped: u64,
     pub bytes: u64,
@@ -125,10 +155,42 @@ struct Inner {
     sync_error: Option<String>,
 }
 
+/// Durability, as the watch channel publishes it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Every record up to this sequence number is durable.
+    pub durable: u64,
+    /// The last sync failed (records after `durable` are not durable until one succeeds).
+    pub failing: bool,
+}
+
+/// Waits (async) until record `seq` is durable, at most `timeout`: the acknowledgement
+/// contract for a task that must not block its thread.
+pub async fn durable(
+    rx: &mut watch::Receiver<Progress>,
+    seq: u64,
+    timeout: Duration,
+) -> Result<(), SpoolError> {
+    let wait = rx.wait_for(|p| p.durable >= seq || p.failing);
+    match tokio::time::timeout(timeout, wait).await {
+        Ok(Ok(p)) if p.durable >= seq => Ok(()),
+        Ok(Ok(_)) => Err(SpoolError::Sync("the last sync failed".into())),
+        Ok(Err(_)) => Err(SpoolError::Closed),
+        Err(_) => Err(SpoolError::Timeout {
+            seq,
+            waited: timeout,
+        }),
+    }
+}
+
 /// The spool (module docs). Cheap to share: `Arc<Spool>`.
 pub struct Spool {
     opts: Options,
     inner: Mutex<Inner>,
+    progress: watch::Sender<Progress>,
+    /// Held (flock) while open; closing the file releases it.
+    _lock: File,
+    epoch: String,
     /// Signalled when records wait for a sync, and when a sync completed.
     work: Condvar,
     done: Condvar,
@@ -168,6 +230,22 @@ impl Spool {
     pub fn open(opts: Options) -> Result<(Arc<Spool>, Recovery), SpoolError> {
         let dir = opts.dir.clone();
         fs::create_dir_all(&dir).map_err(at("create", &dir))?;
+        let lock_path = dir.join(LOCK);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(at("open", &lock_path))?;
+        // SAFETY: flock on a descriptor this function owns; no memory is involved.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.kind() == io::ErrorKind::WouldBlock {
+                SpoolError::Locked(dir)
+            } else {
+                at("lock", &lock_path)(e)
+            });
+        }
         let mut found = Recovery::default();
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
         for entry in fs::read_dir(&dir).map_err(at("list", &dir))? {
@@ -181,6 +259,7 @@ impl Spool {
                 Some(f) if entry.file_type().is_ok_and(|t| t.is_file()) => {
                     names.push((f, entry.path()))
                 }
+                _ if name == LOCK || name == EPOCH || name == "EPOCH.tmp" => {}
                 _ => found.foreign.push(name),
             }
         }
@@ -215,6 +294,7 @@ impl Spool {
             });
         }
         found.segments = segments.len();
+        let epoch = Self::epoch_of(&dir)?;
         if found.torn_bytes > 0 || found.damaged_bytes > 0 {
             log::warn!(
                 "spool {}: {} bytes of a torn write truncated, {} damaged bytes skipped; {} records kept",
@@ -236,6 +316,12 @@ impl Spool {
             ..Stats::default()
         };
         let spool = Arc::new(Spool {
+            progress: watch::Sender::new(Progress {
+                durable: last_seq,
+                failing: false,
+            }),
+            _lock: lock,
+            epoch,
             opts,
             inner: Mutex::new(Inner {
                 file: Arc::new(file),
@@ -293,10 +379,9 @@ impl Spool {
         let mut g = lock(&self.inner);
         let seq = g.stats.written + 1;
         let bytes = record::encode(seq, payload)?;
-        if g.segments
-            .back()
-            .is_some_and(|s| s.bytes >= self.opts.segment_bytes)
-        {
+        if g.segments.back().is_some_and(|s| {
+            s.bytes >= self.opts.segment_bytes || s.records >= self.opts.segment_records
+        }) {
             self.roll(&mut g, seq)?;
         }
         let path = g
@@ -304,7 +389,17 @@ impl Spool {
             .back()
             .map(|s| s.path.clone())
             .unwrap_or_default();
-        (&*g.file).write_all(&bytes).map_err(at("write", &path))?;
+        if let Err(e) = (&*g.file).write_all(&bytes) {
+            // Cut back to the last whole record (a full disk takes part of a write).
+            let whole = g.segments.back().map_or(0, |s| s.bytes);
+            if let Err(t) = g.file.set_len(whole) {
+                log::error!(
+                    "spool: cannot cut {} back after a failed write: {t}",
+                    path.display()
+                );
+            }
+            return Err(at("write", &path)(e));
+        }
         g.stats.written = seq;
         g.stats.bytes += bytes.len() as u64;
         if let Some(s) = g.segments.back_mut() {
@@ -327,6 +422,7 @@ impl Spool {
         g.file.sync_data().map_err(at("sync", &old))?;
         g.stats.durable = g.stats.written;
         g.stats.syncs += 1;
+        self.publish(&g);
         let (file, seg) = Self::create_segment(&self.opts.dir, seq)?;
         g.file = Arc::new(file);
         g.segments.push_back(seg);
@@ -335,9 +431,14 @@ impl Spool {
         Ok(())
     }
 
-    /// Deletes the oldest closed segments while the spool is over `max_bytes`.
+    /// Deletes the oldest closed segments while the spool is over `max_bytes` or
+    /// `max_records`.
     fn bound(&self, g: &mut Inner) {
-        while g.stats.bytes > self.opts.max_bytes && g.segments.len() > 1 {
+        let over = |g: &Inner| {
+            g.stats.bytes > self.opts.max_bytes
+                || g.segments.iter().map(|s| s.records).sum::<u64>() > self.opts.max_records
+        };
+        while over(g) && g.segments.len() > 1 {
             let Some(old) = g.segments.pop_front() else {
                 break;
             };
@@ -346,8 +447,10 @@ impl Spool {
                     g.stats.bytes = g.stats.bytes.saturating_sub(old.bytes);
                     g.stats.dropped += old.records;
                     log::warn!(
-                        "spool full ({} bytes allowed): dropped the oldest {} records (from {})",
+                        "spool {} full ({} bytes, {} records allowed): dropped the oldest {} records (from {})",
+                        self.opts.dir.display(),
                         self.opts.max_bytes,
+                        self.opts.max_records,
                         old.records,
                         old.first_seq
                     );
@@ -402,6 +505,17 @@ impl Spool {
     /// The durable records from `seq` on, at most `max` of them, in order (for the
     /// uploader). Records dropped to the bound are simply not there.
     pub fn read_from(&self, seq: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, SpoolError> {
+        self.read_from_bounded(seq, max, usize::MAX)
+    }
+
+    /// [`Spool::read_from`], also stopping once the payloads pass `max_bytes` (at least
+    /// one record is returned when there is one).
+    pub fn read_from_bounded(
+        &self,
+        seq: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, SpoolError> {
         let (paths, durable): (Vec<(u64, PathBuf)>, u64) = {
             let g = lock(&self.inner);
             (
@@ -412,7 +526,7 @@ impl Spool {
                 g.stats.durable,
             )
         };
-        let mut out = Vec::new();
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
         for (i, (first, path)) in paths.iter().enumerate() {
             // Skip segments wholly before `seq`.
             if let Some((next_first, _)) = paths.get(i + 1) {
@@ -429,14 +543,12 @@ impl Spool {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(at("read", path)(e)),
             };
-            out.extend(
-                Records::new(&b)
-                    .filter(|(s, _)| *s >= seq && *s <= durable)
-                    .take(max - out.len())
-                    .map(|(s, payload)| (s, payload.to_vec())),
-            );
-            if out.len() >= max {
-                break;
+            for (s, payload) in Records::new(&b).filter(|(s, _)| *s >= seq && *s <= durable) {
+                if out.len() >= max || (!out.is_empty() && bytes + payload.len() > max_bytes) {
+                    return Ok(out);
+                }
+                bytes += payload.len();
+                out.push((s, payload.to_vec()));
             }
         }
         Ok(out)
@@ -471,12 +583,15 @@ impl Spool {
                 .unwrap_or_default();
             (Arc::clone(&g.file), g.stats.written, path)
         };
+        let t = Instant::now();
         let synced = file.sync_data();
+        let took = t.elapsed().as_micros() as u64;
         let mut g = lock(&self.inner);
         match synced {
             Ok(()) => {
                 g.stats.durable = g.stats.durable.max(target);
                 g.stats.syncs += 1;
+                g.stats.sync_us += took;
                 g.sync_error = None;
             }
             Err(e) => {
@@ -487,9 +602,59 @@ impl Spool {
                 g.sync_error = Some(msg);
             }
         }
+        self.publish(&g);
         drop(g);
         self.done.notify_all();
         true
+    }
+
+    fn publish(&self, g: &Inner) {
+        let p = Progress {
+            durable: g.stats.durable,
+            failing: g.sync_error.is_some(),
+        };
+        self.progress.send_if_modified(|old| {
+            let changed = *old != p;
+            *old = p;
+            changed
+        });
+    }
+
+    /// Durability as it changes, for [`durable`].
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// Reads the directory's epoch, or makes one (also when the file was damaged: the
+    /// sequence numbers go on from the segments, so ids stay unique either way).
+    fn epoch_of(dir: &Path) -> Result<String, SpoolError> {
+        let path = dir.join(EPOCH);
+        if let Ok(t) = fs::read_to_string(&path) {
+            let t = t.trim();
+            if t.len() == 16 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(t.to_string());
+            }
+            log::warn!("spool {}: damaged; a new epoch is made", path.display());
+        }
+        let epoch = format!("{:016x}", fastrand::u64(..));
+        let tmp = dir.join("EPOCH.tmp");
+        let mut f = File::create(&tmp).map_err(at("create", &tmp))?;
+        f.write_all(format!("{epoch}\n").as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(at("write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(at("rename", &path))?;
+        sync_dir(dir)?;
+        Ok(epoch)
+    }
+
+    /// The spool's epoch ([`EPOCH`]).
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// The directory the spool lives in.
+    pub fn dir(&self) -> &Path {
+        &self.opts.dir
     }
 
     /// Syncs what is written and stops the committer.
