@@ -1141,3 +1141,83 @@ fn a_target_installs_only_once_its_rollout_wave_reaches_this_box() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--wave `2@0`"), "{}", stderr(&o));
 }
+
+/// The fallback chain at start (src/serve/fallback.rs): the candidate's files damaged on
+/// the card -> the active version serves; the active damaged too -> the bundled (factory)
+/// package serves. Each time the service comes up, serves something verified, and says
+/// which and why in health, on /metrics and in the READY STATUS= line.
+#[test]
+fn a_stored_version_that_no_longer_verifies_falls_back_down_the_chain_and_says_why() {
+    let b = Box_::installed("1.1.0");
+    b.publish("1.2.0");
+    let o = b.ota(&["install", b.channel.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg = format!("state_dir = \"{}\"\n", b.state());
+    let damage = |version: &str| {
+        let f = PathBuf::from(b.state()).join(format!("ota/versions/{MODEL}@{version}/model.onnx"));
+        let mut bytes = std::fs::read(&f).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&f, bytes).unwrap();
+    };
+    // (damaged, serving version, source, links passed over)
+    let rows: [(&str, &str, &str, &[&str]); 3] = [
+        ("", "1.2.0", "candidate", &[]),
+        ("1.2.0", "1.1.0", "active", &["candidate 1.2.0"]),
+        (
+            "1.1.0",
+            "1.0.0",
+            "bundled",
+            &["candidate 1.2.0", "active 1.1.0"],
+        ),
+    ];
+    for (damaged, version, source, passed) in rows {
+        if !damaged.is_empty() {
+            damage(damaged);
+        }
+        let s = Server::start(&[], Some(&cfg), &[]);
+        assert_eq!(serving(&s), version, "after damaging {damaged:?}");
+        let h = s.client().get("/v2/health/ready").unwrap().json().unwrap();
+        let m = &h["models"][0];
+        assert_eq!(m["source"], source, "{h}");
+        let links: Vec<&str> = m["passed_over"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["link"].as_str().unwrap())
+            .collect();
+        assert_eq!(links, passed, "{h}");
+        for p in m["passed_over"].as_array().unwrap() {
+            assert!(p["why"].as_str().unwrap().contains("sha256"), "{p}");
+        }
+        let metrics = s.metrics();
+        let series = format!(
+            "beltbox_model_source{{model=\"{MODEL}\",version=\"{version}\",source=\"{source}\"}}"
+        );
+        assert_eq!(common::server::metric(&metrics, &series), 1.0);
+        assert_eq!(
+            common::server::metric(
+                &metrics,
+                &format!("beltbox_model_fallbacks{{model=\"{MODEL}\"}}")
+            ),
+            passed.len() as f64
+        );
+        // It answers.
+        let r = s
+            .client()
+            .post_json(
+                &format!("/v2/models/{MODEL}/infer"),
+                &common::server::tensor_request(
+                    serde_json::json!([1, 1, 8, 8]),
+                    "FP32",
+                    serde_json::json!(vec![0.5; 64]),
+                ),
+            )
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let log = s.stop().join("\n");
+        if !passed.is_empty() {
+            assert!(log.contains("from the fallback chain"), "{log}");
+        }
+    }
+}

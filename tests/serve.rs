@@ -483,7 +483,7 @@ fn serves_on_a_unix_socket() {
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
-    assert!(answer.ends_with("\"ready\":true}"), "{answer}");
+    assert!(answer.contains("\"ready\":true"), "{answer}");
     server.stop();
     assert!(!sock.exists(), "socket file left behind");
 }

@@ -6,6 +6,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -47,6 +48,115 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     ota: RawOta,
+    #[serde(default)]
+    spool: RawSpool,
+    #[serde(default)]
+    upload: RawUpload,
+    #[serde(default)]
+    low_confidence: RawLowConfidence,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLowConfidence {
+    keep_inputs: Option<bool>,
+    keep_max_size: Option<String>,
+    keep_max_count: Option<i64>,
+    secondary: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// `[low_confidence]`: what happens to an answer under its manifest's `low_confidence`
+/// (`serve::lowconf`, docs/offline.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LowConfidenceSettings {
+    /// Keep such inputs in the `inputs` spool for upload and review.
+    pub keep_inputs: bool,
+    pub keep_max_bytes: u64,
+    pub keep_max_count: u64,
+    /// Model name -> the served model that re-runs its low-confidence inputs.
+    pub secondary: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for LowConfidenceSettings {
+    fn default() -> Self {
+        LowConfidenceSettings {
+            keep_inputs: true,
+            keep_max_bytes: 64 << 20,
+            keep_max_count: 1000,
+            secondary: Default::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpool {
+    enabled: Option<bool>,
+    max_size: Option<String>,
+    segment_size: Option<String>,
+    commit_interval_ms: Option<i64>,
+    ack_timeout_ms: Option<i64>,
+    box_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpload {
+    mqtt: Option<String>,
+    topic_prefix: Option<String>,
+    http: Option<String>,
+    batch: Option<i64>,
+    backoff_min_ms: Option<i64>,
+    backoff_max_ms: Option<i64>,
+    timeout_ms: Option<i64>,
+}
+
+/// `[spool]`: the durable result spool (docs/offline.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpoolSettings {
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+    pub commit_interval_ms: u64,
+    /// How long an answer waits for its record's sync before it goes out unspooled.
+    pub ack_timeout_ms: u64,
+    /// Names the box in records, topics and message ids.
+    pub box_id: String,
+}
+
+impl Default for SpoolSettings {
+    fn default() -> Self {
+        SpoolSettings {
+            max_bytes: 256 << 20,
+            segment_bytes: 4 << 20,
+            commit_interval_ms: 2,
+            ack_timeout_ms: 2_000,
+            box_id: default_box_id(),
+        }
+    }
+}
+
+/// The box's id when the config names none: the first 12 hex digits of
+/// `/etc/machine-id` (systemd's stable per-install id), else the host name.
+pub fn default_box_id() -> String {
+    let machine = std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|t| t.trim().chars().take(12).collect::<String>())
+        .filter(|t| t.len() == 12 && valid_box_id(t));
+    let host = || {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| valid_box_id(t))
+    };
+    machine.or_else(host).unwrap_or_else(|| "beltbox".into())
+}
+
+/// One MQTT topic level and one part of a message id: letters, digits, `.`, `_`, `-`.
+fn valid_box_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -180,6 +290,12 @@ pub struct Config {
     /// least time between two kept frames (`serve::recent`).
     pub recent_frames: usize,
     pub recent_frame_interval_ms: u64,
+    /// The result spool; `None` when `spool.enabled = false`.
+    pub spool: Option<SpoolSettings>,
+    /// `[upload]`: the sinks the spool drains to (box id and cursor directory are filled
+    /// in from `[spool]` and `state_dir` when the service starts).
+    pub upload: beltbox_spool::UploadConfig,
+    pub low_confidence: LowConfidenceSettings,
     /// The file this config was read from (the OTA poller's child reads it too).
     pub source: Option<PathBuf>,
 }
@@ -202,7 +318,10 @@ impl Default for Config {
             budget: None,
             strict_rss: false,
             board: "auto".into(),
-            state_dir: PathBuf::from("/var/lib/beltbox"),
+            // systemd's StateDirectory= sets $STATE_DIRECTORY (/var/lib/beltbox in the unit).
+            state_dir: std::env::var_os("STATE_DIRECTORY")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/beltbox")),
             max_body_bytes: 8 * 1024 * 1024,
             // A 1920x1080 RGB frame is 6,220,800 elements (docs/service.md, "Camera frames").
             max_tensor_elements: 8 * 1024 * 1024,
@@ -224,6 +343,9 @@ impl Default for Config {
             ota_poll_interval_s: 3600,
             recent_frames: 32,
             recent_frame_interval_ms: 5_000,
+            spool: Some(SpoolSettings::default()),
+            upload: beltbox_spool::UploadConfig::new("", PathBuf::new()),
+            low_confidence: LowConfidenceSettings::default(),
             source: None,
         }
     }
@@ -458,8 +580,173 @@ impl Config {
             c.ota_max_package_bytes =
                 parse_size(&m).map_err(|e| invalid("ota.max_package", e.to_string()))?;
         }
+        c.spool = spool_settings(&raw.spool, &invalid, &ranged)?;
+        c.upload = upload_settings(raw.upload, c.upload, &invalid, &ranged)?;
+        c.low_confidence = low_confidence_settings(raw.low_confidence, &invalid, &ranged)?;
         Ok(c)
     }
+}
+
+type Invalid<'a> = &'a dyn Fn(&str, String) -> ConfigError;
+type Ranged<'a> = &'a dyn Fn(&str, Option<i64>, i64, i64, u64) -> Result<u64, ConfigError>;
+
+fn spool_settings(
+    raw: &RawSpool,
+    invalid: Invalid,
+    ranged: Ranged,
+) -> Result<Option<SpoolSettings>, ConfigError> {
+    if raw.enabled == Some(false) {
+        return Ok(None);
+    }
+    let d = SpoolSettings::default();
+    let size = |key: &str, v: &Option<String>, lo: u64, default: u64| match v {
+        None => Ok(default),
+        Some(t) => {
+            let n = parse_size(t).map_err(|e| invalid(key, e.to_string()))?;
+            if n < lo {
+                return Err(invalid(
+                    key,
+                    format!("`{t}` is under the least, {lo} bytes"),
+                ));
+            }
+            Ok(n)
+        }
+    };
+    let segment_bytes = size(
+        "spool.segment_size",
+        &raw.segment_size,
+        4096,
+        d.segment_bytes,
+    )?;
+    let max_bytes = size(
+        "spool.max_size",
+        &raw.max_size,
+        2 * segment_bytes,
+        d.max_bytes,
+    )?;
+    let box_id = match &raw.box_id {
+        None => d.box_id,
+        Some(id) if valid_box_id(id) => id.clone(),
+        Some(id) => {
+            return Err(invalid(
+                "spool.box_id",
+                format!("`{id}` must be 1 to 64 letters, digits, `.`, `_` or `-` (it is an MQTT topic level)"),
+            ))
+        }
+    };
+    Ok(Some(SpoolSettings {
+        max_bytes,
+        segment_bytes,
+        commit_interval_ms: ranged(
+            "spool.commit_interval_ms",
+            raw.commit_interval_ms,
+            0,
+            1_000,
+            d.commit_interval_ms,
+        )?,
+        ack_timeout_ms: ranged(
+            "spool.ack_timeout_ms",
+            raw.ack_timeout_ms,
+            10,
+            60_000,
+            d.ack_timeout_ms,
+        )?,
+        box_id,
+    }))
+}
+
+fn low_confidence_settings(
+    raw: RawLowConfidence,
+    invalid: Invalid,
+    ranged: Ranged,
+) -> Result<LowConfidenceSettings, ConfigError> {
+    let d = LowConfidenceSettings::default();
+    let keep_max_bytes = match &raw.keep_max_size {
+        None => d.keep_max_bytes,
+        Some(t) => {
+            parse_size(t).map_err(|e| invalid("low_confidence.keep_max_size", e.to_string()))?
+        }
+    };
+    let secondary = raw.secondary.unwrap_or_default();
+    if let Some((k, v)) = secondary
+        .iter()
+        .find(|(k, v)| k.is_empty() || v.is_empty() || k == v)
+    {
+        return Err(invalid(
+            &format!("low_confidence.secondary.{k}"),
+            format!("`{v}` must name another served model"),
+        ));
+    }
+    Ok(LowConfidenceSettings {
+        keep_inputs: raw.keep_inputs.unwrap_or(d.keep_inputs),
+        keep_max_bytes,
+        keep_max_count: ranged(
+            "low_confidence.keep_max_count",
+            raw.keep_max_count,
+            1,
+            1_000_000,
+            d.keep_max_count,
+        )?,
+        secondary,
+    })
+}
+
+fn upload_settings(
+    raw: RawUpload,
+    d: beltbox_spool::UploadConfig,
+    invalid: Invalid,
+    ranged: Ranged,
+) -> Result<beltbox_spool::UploadConfig, ConfigError> {
+    let prefix = raw.topic_prefix.as_deref().unwrap_or("beltbox");
+    let mqtt = raw
+        .mqtt
+        .map(|u| {
+            beltbox_spool::mqtt::MqttTarget::parse(&u, prefix)
+                .map_err(|e| invalid("upload.mqtt", e.to_string()))
+        })
+        .transpose()?;
+    if let Some(u) = &raw.http {
+        beltbox_spool::http_sink::HttpSink::new(u)
+            .map_err(|e| invalid("upload.http", e.to_string()))?;
+    }
+    let ms = |key: &str, v: Option<i64>, lo: i64, hi: i64, default: Duration| {
+        ranged(key, v, lo, hi, default.as_millis() as u64).map(Duration::from_millis)
+    };
+    let backoff_min = ms(
+        "upload.backoff_min_ms",
+        raw.backoff_min_ms,
+        10,
+        3_600_000,
+        d.backoff_min,
+    )?;
+    let backoff_max = ms(
+        "upload.backoff_max_ms",
+        raw.backoff_max_ms,
+        10,
+        86_400_000,
+        d.backoff_max,
+    )?;
+    if backoff_max < backoff_min {
+        return Err(invalid(
+            "upload.backoff_max_ms",
+            "must not be under upload.backoff_min_ms".into(),
+        ));
+    }
+    Ok(beltbox_spool::UploadConfig {
+        mqtt,
+        http: raw.http,
+        batch: ranged("upload.batch", raw.batch, 1, 10_000, d.batch as u64)? as usize,
+        backoff_min,
+        backoff_max,
+        timeout: ms(
+            "upload.timeout_ms",
+            raw.timeout_ms,
+            100,
+            3_600_000,
+            d.timeout,
+        )?,
+        ..d
+    })
 }
 
 #[cfg(test)]
@@ -559,5 +846,56 @@ queue_timeout_ms = 100
         assert!(err("[server]\nlisen = []").contains("unknown field `lisen`"));
         assert!(err("bogus = 1").contains("unknown field `bogus`"));
         assert!(err("[server]\nworkers = \"two\"").contains("invalid type"));
+    }
+
+    #[test]
+    fn spool_and_upload_keys_are_checked() {
+        let c = Config::from_toml(
+            "[spool]\nmax_size = \"64MiB\"\nbox_id = \"dock-3.belt_1\"\n[upload]\nmqtt = \"mqtt://10.0.0.5\"\nhttp = \"http://10.0.0.5:8000/ingest\"\nbatch = 50\n",
+            "t",
+        )
+        .unwrap();
+        let s = c.spool.unwrap();
+        assert_eq!(
+            (s.max_bytes, s.box_id.as_str()),
+            (64 << 20, "dock-3.belt_1")
+        );
+        assert_eq!(c.upload.mqtt.unwrap().port, 1883);
+        assert_eq!(c.upload.batch, 50);
+        assert!(Config::from_toml("[spool]\nenabled = false", "t")
+            .unwrap()
+            .spool
+            .is_none());
+        for (text, says) in [
+            ("[spool]\nbox_id = \"a/b\"", "`spool.box_id`"),
+            ("[spool]\nmax_size = \"1KiB\"", "`spool.max_size`"),
+            (
+                "[spool]\ncommit_interval_ms = 5000",
+                "`spool.commit_interval_ms`",
+            ),
+            ("[upload]\nmqtt = \"http://broker\"", "`upload.mqtt`"),
+            ("[upload]\nmqtt = \"broker:1883\"", "`upload.mqtt`"),
+            ("[upload]\nhttp = \"10.0.0.5/ingest\"", "`upload.http`"),
+            (
+                "[upload]\nbackoff_min_ms = 900\nbackoff_max_ms = 800",
+                "`upload.backoff_max_ms`",
+            ),
+            ("[upload]\nbroker = \"x\"", "unknown field `broker`"),
+            ("[spool]\nsize = 1", "unknown field `size`"),
+            (
+                "[low_confidence]\nkeep_max_count = 0",
+                "`low_confidence.keep_max_count`",
+            ),
+            (
+                "[low_confidence]\nkeep_max_size = \"lots\"",
+                "`low_confidence.keep_max_size`",
+            ),
+            (
+                "[low_confidence]\nsecondary = { a = \"a\" }",
+                "`low_confidence.secondary.a`",
+            ),
+        ] {
+            assert!(err(text).contains(says), "{text}: {}", err(text));
+        }
     }
 }

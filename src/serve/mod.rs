@@ -12,10 +12,13 @@
 //! | [`conn`] | the HTTP runtime: listeners, connection caps, graceful drain | socket |
 //! | [`router`] | the routes: KServe v2 endpoints, `/metrics`; inference admission and queueing | no |
 //! | [`supervisor`] | watchdog pings, thermal sample, `STATUS=` every second | no |
+//! | [`fallback`] | the chain a model serves from at start: candidate, active, previous, factory, bundled | files |
 //! | [`swap`] | live model swaps: the model-repository extension's load and unload | model |
 //! | [`poll`] | the service polling its OTA channel (an `ota pull` child) and swapping live | process |
 //! | [`probation`] | a candidate version watched on real traffic, then committed or rolled back | no |
 //! | [`recent`] | a few recent frames per model kept on disk for OTA shadow runs | files |
+//! | [`lowconf`] | answers under the manifest's `low_confidence`: flagged, re-run on a secondary, input kept | no |
+//! | [`outbox`] | every result appended to the durable spool before its answer; the uploader; the acknowledgement contract | files, network (via `beltbox-spool`) |
 //! | [`worker`] | the queue and the inference workers | model |
 //! | [`retention`] | glibc's allocator kept from retaining freed request memory | — |
 //!
@@ -28,9 +31,12 @@
 
 pub mod config;
 mod conn;
+mod fallback;
 pub mod http;
 pub mod kserve;
+mod lowconf;
 pub mod metrics;
+mod outbox;
 mod poll;
 mod probation;
 mod recent;
@@ -78,6 +84,14 @@ pub enum ServeError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("{0}: the OTA store names this version but its directory is missing")]
+    MissingVersion(String),
+    #[error("{}: holds model `{found}`, not `{wanted}`", dir.display())]
+    WrongModel {
+        dir: PathBuf,
+        found: String,
+        wanted: String,
+    },
     #[error("{0}: another process is already serving on this socket")]
     SocketInUse(PathBuf),
     #[error("cannot install the SIGTERM handler: {0}")]
@@ -115,12 +129,18 @@ pub struct ServedModel {
     pub tally: Mutex<probation::Tally>,
     /// When its last frame was kept for shadow runs (`recent`).
     pub frame_at_ms: AtomicU64,
+    /// Which link of the fallback chain serves, and why the ones before it did not.
+    pub origin: fallback::Origin,
+    /// The low-confidence path's counters (`lowconf`).
+    pub low_confidence: lowconf::Counters,
 }
 
 impl ServedModel {
-    pub fn new(model: Model) -> ServedModel {
+    pub fn new(model: Model, origin: fallback::Origin) -> ServedModel {
         ServedModel {
             model,
+            origin,
+            low_confidence: lowconf::Counters::default(),
             metrics: metrics::ModelMetrics::default(),
             tally: Mutex::new(probation::Tally::default()),
             frame_at_ms: AtomicU64::new(0),
@@ -169,6 +189,8 @@ pub(crate) struct Shared {
     pub watches: probation::Watches,
     /// The recent-frames writer; `None` when `ota.recent_frames = 0`.
     pub recent: Option<recent::Recent>,
+    /// The result spool and its uploader; `None` when `spool.enabled = false`.
+    pub outbox: Option<outbox::Outbox>,
 }
 
 impl Shared {
@@ -252,7 +274,7 @@ fn over(what: String, need: u64, b: &Budget, detail: String) -> ServeError {
 
 /// What the models loaded so far, plus the next one, need together: the sum of their
 /// heaps, the runtime once, and one in-flight request per extra worker.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Tally {
     models: usize,
     heap: u64,
@@ -348,6 +370,7 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let drain = Duration::from_millis(cfg.request_timeout_ms + 5_000);
     let recent = recent::Recent::start(&cfg);
+    let outbox = outbox::Outbox::start(&cfg, &board_name(&cfg));
     let shared = Arc::new(Shared {
         heartbeats: (0..cfg.workers).map(|_| AtomicU64::new(0)).collect(),
         cfg,
@@ -370,6 +393,7 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
         swap_lock: Mutex::new(()),
         watches: Mutex::new(Vec::new()),
         recent,
+        outbox,
     });
     let signals = install_signals(&shared)?;
     // Serve from the start: health and metrics answer while models load (ready = 503).
@@ -396,7 +420,15 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
             let names: Vec<String> = shared
                 .models()
                 .iter()
-                .map(|m| format!("{} {}", m.name(), m.version()))
+                .map(|m| match m.origin.passed_over.is_empty() {
+                    true => format!("{} {}", m.name(), m.version()),
+                    false => format!(
+                        "{} {} (FALLBACK: {})",
+                        m.name(),
+                        m.version(),
+                        m.origin.describe()
+                    ),
+                })
                 .collect();
             let listen: Vec<String> = shared.cfg.listen.iter().map(|l| l.to_string()).collect();
             let msg = format!("serving {} on {}", names.join(", "), listen.join(", "));
@@ -407,6 +439,9 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
         Err(e) => {
             shared.begin_stop();
             let _ = http.join();
+            if let Some(o) = &shared.outbox {
+                o.close();
+            }
             return Err(e);
         }
     };
@@ -425,6 +460,11 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
         let _ = w.join();
     }
     let _ = sup.join();
+    // Every answer has been written: what is left to sync is synced, the uploader stops
+    // (what it had not confirmed is sent again on the next start).
+    if let Some(o) = &shared.outbox {
+        o.close();
+    }
     let served: u64 = shared
         .models()
         .iter()
@@ -432,6 +472,19 @@ pub fn run(cfg: Config) -> Result<(), ServeError> {
         .sum();
     log::info!("stopped after {served} successful inference(s)");
     Ok(())
+}
+
+/// The board named in result records: the configured profile, or the one identified.
+fn board_name(cfg: &Config) -> String {
+    if cfg.board != "auto" {
+        return cfg.board.clone();
+    }
+    match board::identify() {
+        Ok(id) => id
+            .profile
+            .map_or_else(|| "unknown".into(), |p| p.name.to_string()),
+        Err(_) => "unknown".into(),
+    }
 }
 
 fn install_signals(shared: &Arc<Shared>) -> Result<std::thread::JoinHandle<()>, ServeError> {
@@ -454,7 +507,7 @@ fn install_signals(shared: &Arc<Shared>) -> Result<std::thread::JoinHandle<()>, 
 /// The directory of the version the OTA store serves for `name` (`state_dir/ota`), if a
 /// model by that name was installed over the air. A store that cannot be read is logged
 /// and ignored: the bundled packages still serve.
-pub(crate) fn ota_version(cfg: &Config, name: &str) -> Option<PathBuf> {
+pub(crate) fn ota_version(cfg: &Config, name: &str) -> Option<(PathBuf, fallback::Source)> {
     if name.contains('/') {
         return None;
     }
@@ -466,14 +519,22 @@ pub(crate) fn ota_version(cfg: &Config, name: &str) -> Option<PathBuf> {
             return None;
         }
     };
-    let version = state.models.get(name)?.serving()?.to_string();
+    let ms = state.models.get(name)?;
+    let version = ms.serving()?.to_string();
+    let source = if ms.candidate.as_ref().is_some_and(|c| c.version == version) {
+        fallback::Source::Candidate
+    } else if ms.active.as_deref() == Some(&version) {
+        fallback::Source::Active
+    } else {
+        fallback::Source::Factory
+    };
     let dir = store.version_dir(name, &version).ok()?;
     if dir.is_dir() {
         log::info!(
             "{name}: serving {version} from the OTA store ({})",
             dir.display()
         );
-        Some(dir)
+        Some((dir, source))
     } else {
         log::error!(
             "{name}: the OTA store names {version} but {} is missing",
@@ -483,11 +544,74 @@ pub(crate) fn ota_version(cfg: &Config, name: &str) -> Option<PathBuf> {
     }
 }
 
-/// A model on its way in: built (the self-check comes after the budget check), or an OTA
-/// version already self-checked.
-enum Loaded {
-    Built(Box<model::Built>),
-    Checked(Box<Model>),
+/// Serves `arg` from the first link of its fallback chain that builds (verified), fits
+/// its own and the service's budget (before its golden self-check runs anything) and
+/// passes the self-check. Every link passed over is logged and kept in the origin. When
+/// no link serves, the last link's error is returned (the bundled package's: what a box
+/// without OTA history has always reported).
+fn serve_first(
+    shared: &Shared,
+    arg: &str,
+    links: &[fallback::Link],
+    opts: &LoadOptions,
+    tally: &mut Tally,
+    service: Option<&Budget>,
+) -> Result<(Model, fallback::Origin), ServeError> {
+    let cfg = &shared.cfg;
+    let mut passed_over = Vec::new();
+    let mut last = ServeError::ModelNotFound(arg.to_string());
+    for link in links {
+        let attempt = (|| -> Result<Model, ServeError> {
+            let dir = link.dir.as_ref().ok_or_else(|| match link.version {
+                Some(_) => ServeError::MissingVersion(format!("{arg} {}", link.describe())),
+                None => ServeError::ModelNotFound(arg.to_string()),
+            })?;
+            let built = model::build(dir, opts, None)?;
+            let m = &built.package.manifest;
+            if link.version.is_some() && m.name != arg {
+                return Err(ServeError::WrongModel {
+                    dir: dir.clone(),
+                    found: m.name.clone(),
+                    wanted: arg.to_string(),
+                });
+            }
+            let own = Budget::from_mib(
+                m.budgets.ram_mib,
+                BudgetSource::Manifest {
+                    model: m.name.clone(),
+                },
+            );
+            // Admitted on a copy: a link that fails its self-check leaves no trace.
+            let mut t = tally.clone();
+            t.admit(&built.plan, &own, service, cfg.workers)?;
+            shared.notifier.status(&format!(
+                "running the golden self-check of {}",
+                built.plan.model
+            ));
+            let model = built.self_check()?;
+            *tally = t;
+            Ok(model)
+        })();
+        match attempt {
+            Ok(model) => {
+                return Ok((
+                    model,
+                    fallback::Origin {
+                        source: link.source,
+                        passed_over,
+                    },
+                ))
+            }
+            Err(e) => {
+                if links.len() > 1 {
+                    log::error!("{arg}: {} does not serve: {e}", link.describe());
+                }
+                passed_over.push((link.describe(), e.to_string()));
+                last = e;
+            }
+        }
+    }
+    Err(last)
 }
 
 /// Loads every configured model in one pass each: verify and build once, plan from the
@@ -508,56 +632,23 @@ fn load_models(shared: &Arc<Shared>) -> Result<(), ServeError> {
             .notifier
             .status(&format!("verifying and building package {arg}"));
         swap::count_boot(shared, arg);
-        let bundled = beltbox_core::model::package::resolve(arg, cfg.models_dir.as_deref());
-        let loaded = match ota_version(cfg, arg) {
-            // A version installed over the air serves in place of the bundled package. It
-            // passed qualification (its fit included), so it is self-checked before the
-            // budget check: one that no longer verifies or reproduces its goldens must not
-            // keep the service down, and the bundled (factory) package serves instead.
-            Some(dir) => match model::build(&dir, &opts, None).and_then(|b| b.self_check()) {
-                Ok(m) => Loaded::Checked(Box::new(m)),
-                Err(e) => {
-                    let Some(b) = bundled else {
-                        return Err(e.into());
-                    };
-                    log::error!(
-                        "{arg}: the OTA version in {} does not load ({e}); serving the bundled package",
-                        dir.display()
-                    );
-                    Loaded::Built(Box::new(model::build(&b, &opts, None)?))
-                }
-            },
-            None => {
-                let dir = bundled.ok_or_else(|| ServeError::ModelNotFound(arg.clone()))?;
-                Loaded::Built(Box::new(model::build(&dir, &opts, None)?))
-            }
-        };
-        let (plan, m) = match &loaded {
-            Loaded::Built(b) => (&b.plan, &b.package.manifest),
-            Loaded::Checked(model) => (&model.plan, model.manifest()),
-        };
-        if names.contains(&m.name) {
-            return Err(ServeError::DuplicateModel(m.name.clone()));
+        let links = fallback::chain(cfg, arg);
+        let (model, origin) =
+            serve_first(shared, arg, &links, &opts, &mut tally, service.as_ref())?;
+        let name = &model.manifest().name;
+        if names.contains(name) {
+            return Err(ServeError::DuplicateModel(name.clone()));
         }
-        names.push(m.name.clone());
-        let own = Budget::from_mib(
-            m.budgets.ram_mib,
-            BudgetSource::Manifest {
-                model: m.name.clone(),
-            },
-        );
-        tally.admit(plan, &own, service.as_ref(), cfg.workers)?;
-        let model = match loaded {
-            Loaded::Built(built) => {
-                shared.notifier.status(&format!(
-                    "running the golden self-check of {}",
-                    built.plan.model
-                ));
-                built.self_check()?
-            }
-            Loaded::Checked(model) => *model,
-        };
-        served.push(Arc::new(ServedModel::new(model)));
+        names.push(name.clone());
+        if !origin.passed_over.is_empty() {
+            log::warn!(
+                "{arg}: serving {} {} from the fallback chain: {}",
+                name,
+                model.manifest().version,
+                origin.describe()
+            );
+        }
+        served.push(Arc::new(ServedModel::new(model, origin)));
     }
     // The golden self-check has run every model on every golden input: that is the
     // warm-up (allocator arenas, caches, lazily built kernels).

@@ -220,10 +220,11 @@ async fn dispatch(
         (Route::Live, _) => Response::json(200, &json!({ "live": true })),
         (Route::Ready, _) => {
             let ready = shared.is_ready();
-            Response::json(
-                if ready { 200 } else { 503 },
-                &json!({ "ready": ready, "models": serving_state(shared) }),
-            )
+            let mut body = json!({ "ready": ready, "models": serving_state(shared) });
+            if let Some(o) = &shared.outbox {
+                body["spool"] = o.health();
+            }
+            Response::json(if ready { 200 } else { 503 }, &body)
         }
         (Route::Metrics, _) => Response::new(
             200,
@@ -502,6 +503,7 @@ async fn run(
         model: Arc::clone(model),
         inputs,
         enqueued: Instant::now(),
+        request_id: req.id.clone(),
         reply: tx,
     };
     shared.metrics.queue_depth.fetch_add(1, Relaxed);
@@ -520,13 +522,17 @@ async fn run(
         }
     }
     match rx.await {
-        Ok(Ok(done)) => respond(
-            model,
-            req.id.as_deref(),
-            req.outputs.as_deref(),
-            req.binary_data_output,
-            &done,
-        ),
+        Ok(Ok(done)) => {
+            let spooled = acknowledge(shared, &done).await;
+            respond(
+                model,
+                req.id.as_deref(),
+                req.outputs.as_deref(),
+                req.binary_data_output,
+                &done,
+                spooled,
+            )
+        }
         Ok(Err((status, msg))) => {
             let r = Response::error(status, &msg);
             if status == 503 {
@@ -539,12 +545,28 @@ async fn run(
     }
 }
 
+/// The acknowledgement contract (`outbox`): waits until the result's record is durable.
+/// `None` when the spool is off; `Some(Err)` when the answer goes out unspooled.
+async fn acknowledge(shared: &Shared, done: &Done) -> Option<Result<u64, String>> {
+    let outbox = shared.outbox.as_ref()?;
+    let acked = match &done.spooled {
+        Some(Ok(seq)) => outbox.acknowledge(*seq).await.map(|()| *seq),
+        Some(Err(why)) => Err(why.clone()),
+        None => Err("not recorded".into()),
+    };
+    if acked.is_err() {
+        outbox.count_unspooled();
+    }
+    Some(acked)
+}
+
 fn respond(
     model: &ServedModel,
     id: Option<&str>,
     wanted: Option<&[kserve::RequestedOutput]>,
     binary_data_output: bool,
     done: &Done,
+    spooled: Option<Result<u64, String>>,
 ) -> Response {
     let manifest = model.model.manifest();
     let outputs: Vec<OutputTensor> = manifest
@@ -569,6 +591,32 @@ fn respond(
         params.push(("top1_index", json!(c.index)));
         params.push(("top1_label", json!(c.label)));
         params.push(("top1_score", json!(c.score)));
+    }
+    if let Some(low) = done.low_confidence {
+        params.push(("low_confidence", json!(low)));
+    }
+    if let Some(sec) = &done.secondary {
+        params.push(("secondary_model", json!(sec.model)));
+        match (&sec.top1, &sec.error) {
+            (Some(c), _) => {
+                params.push(("secondary_top1_index", json!(c.index)));
+                params.push(("secondary_top1_label", json!(c.label)));
+                params.push(("secondary_top1_score", json!(c.score)));
+            }
+            (None, Some(e)) => params.push(("secondary_error", json!(e))),
+            (None, None) => {}
+        }
+    }
+    match spooled {
+        Some(Ok(seq)) => {
+            params.push(("spooled", json!(true)));
+            params.push(("result_seq", json!(seq)));
+        }
+        Some(Err(why)) => {
+            params.push(("spooled", json!(false)));
+            params.push(("spool_error", json!(why)));
+        }
+        None => {}
     }
     if manifest.detection.is_some() {
         // KServe v2 parameters hold only strings, numbers and bools: the list travels as
@@ -604,10 +652,19 @@ fn serving_state(shared: &Shared) -> serde_json::Value {
         .models()
         .iter()
         .map(|m| {
+            let passed: Vec<_> = m
+                .origin
+                .passed_over
+                .iter()
+                .map(|(link, why)| json!({"link": link, "why": why}))
+                .collect();
             json!({
                 "name": m.name(),
                 "version": m.version(),
                 "on_probation": watched.iter().any(|n| n == m.name()),
+                // Which link of the fallback chain serves, and the links passed over.
+                "source": m.origin.source.label(),
+                "passed_over": passed,
             })
         })
         .collect();
@@ -630,6 +687,45 @@ fn repository_index(shared: &Shared) -> Response {
         )
         .collect();
     Response::json(200, &json!(rows))
+}
+
+/// `beltbox_model_source` and `beltbox_model_fallbacks`: the fallback chain's state.
+fn fallback_metrics(models: &[Arc<ServedModel>], out: &mut beltbox_core::prom::Exposition) {
+    use beltbox_core::prom::{labels, Kind};
+    out.family(
+        "beltbox_model_source",
+        Kind::Gauge,
+        "1 for the link of the fallback chain each model serves from: candidate, active, previous, factory (OTA store) or bundled (the image).",
+    );
+    for m in models {
+        let v = m.version();
+        let l = labels(&[
+            ("model", m.name()),
+            ("version", &v),
+            ("source", m.origin.source.label()),
+        ]);
+        out.sample("beltbox_model_source", &l, 1);
+    }
+    out.family(
+        "beltbox_low_confidence_total",
+        Kind::Counter,
+        "Answers under the model's low_confidence threshold (flagged), re-run on the secondary model (rerun), whose input was kept for review (kept) or could not be (not_kept: no room or spool failing).",
+    );
+    for m in models {
+        for (outcome, n) in m.low_confidence.rows() {
+            let l = labels(&[("model", m.name()), ("outcome", outcome)]);
+            out.sample("beltbox_low_confidence_total", &l, n);
+        }
+    }
+    out.family(
+        "beltbox_model_fallbacks",
+        Kind::Gauge,
+        "Links of the fallback chain passed over at load because they failed to load, verify, fit or self-check (0: the first choice serves).",
+    );
+    for m in models {
+        let l = labels(&[("model", m.name())]);
+        out.sample("beltbox_model_fallbacks", &l, m.origin.passed_over.len());
+    }
 }
 
 fn render_metrics(shared: &Shared) -> String {
@@ -661,6 +757,12 @@ fn render_metrics(shared: &Shared) -> String {
         ready: shared.is_ready(),
     };
     let mut text = metrics::render(&shared.metrics, &samples, &gauges);
+    let mut out = beltbox_core::prom::Exposition::new();
+    fallback_metrics(&models, &mut out);
+    if let Some(o) = &shared.outbox {
+        o.prometheus(&mut out);
+    }
+    text.push_str(&out.finish());
     // Thermal state and burst/sustained p95, computed at scrape time from the windows.
     let report = shared
         .windows

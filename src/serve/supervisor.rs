@@ -131,8 +131,21 @@ fn run(shared: &Arc<Shared>) {
             let models = shared.models();
             let count = |o: Outcome| -> u64 { models.iter().map(|m| m.metrics.count(o)).sum() };
             let (ok, rejected) = (count(Outcome::Ok), count(Outcome::Rejected));
+            let mut spool = shared
+                .outbox
+                .as_ref()
+                .map(|o| format!(", {}", o.status()))
+                .unwrap_or_default();
+            for m in models.iter().filter(|m| !m.origin.passed_over.is_empty()) {
+                spool.push_str(&format!(
+                    ", FALLBACK {} {} from {}",
+                    m.name(),
+                    m.version(),
+                    m.origin.source.label()
+                ));
+            }
             shared.notifier.status(&format!(
-                "serving: {ok} ok, {rejected} rejected, queue {}/{}",
+                "serving: {ok} ok, {rejected} rejected, queue {}/{}{spool}",
                 shared.metrics.queue_depth.load(Relaxed),
                 shared.cfg.queue_depth
             ));

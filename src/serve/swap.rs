@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use beltbox_core::memory::budget::human;
 use beltbox_core::model::{self, LoadOptions};
 
+use super::fallback::{Origin, Source};
 use super::probation::{self, Baseline, Reason, Verdict, Watch};
 use super::{ServedModel, Shared};
 
@@ -60,18 +61,20 @@ pub struct Swapped {
     pub switch_ms: f64,
 }
 
-/// The package directory that should serve `name` now.
-fn wanted(shared: &Shared, name: &str) -> Result<PathBuf, SwapError> {
+/// The package directory that should serve `name` now, and which link of the fallback
+/// chain it is.
+fn wanted(shared: &Shared, name: &str) -> Result<(PathBuf, Source), SwapError> {
     let arg = shared
         .configured
         .get()
         .and_then(|c| c.iter().find(|(n, _)| n == name))
         .map(|(_, a)| a.clone())
         .ok_or_else(|| SwapError::Unknown(name.to_string()))?;
-    if let Some(dir) = super::ota_version(&shared.cfg, name) {
-        return Ok(dir);
+    if let Some(found) = super::ota_version(&shared.cfg, name) {
+        return Ok(found);
     }
     beltbox_core::model::package::resolve(&arg, shared.cfg.models_dir.as_deref())
+        .map(|d| (d, Source::Bundled))
         .ok_or_else(|| SwapError::NotFound(name.to_string()))
 }
 
@@ -81,7 +84,7 @@ pub fn load(shared: &Arc<Shared>, name: &str) -> Result<Swapped, SwapError> {
     // One swap at a time; a second waits for the first (a technician's load during a
     // probation rollback).
     let _one = shared.swap_lock.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = wanted(shared, name)?;
+    let (dir, source) = wanted(shared, name)?;
     let old = shared.find(name);
     if let Some(o) = &old {
         if o.model.package.dir == dir {
@@ -149,7 +152,13 @@ pub fn load(shared: &Arc<Shared>, name: &str) -> Result<Swapped, SwapError> {
     let fresh = built.self_check().map_err(|e| fail(e.to_string()))?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let to = fresh.manifest().version.to_string();
-    let new = Arc::new(ServedModel::new(fresh));
+    let new = Arc::new(ServedModel::new(
+        fresh,
+        Origin {
+            source,
+            passed_over: Vec::new(),
+        },
+    ));
     // 3. Switch.
     let t1 = Instant::now();
     {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::kserve::{self, InputTensor};
 use super::recent::Recent;
+use super::{lowconf, outbox};
 use super::{ServedModel, Shared};
 use beltbox_core::detect::Detection;
 use beltbox_core::model::ModelError;
@@ -25,6 +26,8 @@ pub(crate) struct Job {
     /// The request's tensors, in the manifest's input order.
     pub inputs: Vec<InputTensor>,
     pub enqueued: Instant,
+    /// The request's `id`, kept in its result record.
+    pub request_id: Option<String>,
     /// The HTTP side awaits this; it is gone when the client went away.
     pub reply: tokio::sync::oneshot::Sender<JobResult>,
 }
@@ -33,7 +36,17 @@ pub(crate) struct Done {
     pub outputs: Vec<Tensor>,
     pub stages: StageTimings,
     pub top1: Option<Class>,
+    /// The best classes, best first (at most `outbox::TOP_K`).
+    pub classes: Vec<Class>,
     pub detections: Vec<Detection>,
+    /// The result's record in the spool: its sequence number (appended, not yet
+    /// durable: the HTTP side awaits that), or why it was not written. `None` when the
+    /// spool is off.
+    pub spooled: Option<Result<u64, String>>,
+    /// Under the manifest's `low_confidence` threshold (`None`: it sets none).
+    pub low_confidence: Option<bool>,
+    /// The secondary model's opinion on a low-confidence input (`lowconf`).
+    pub secondary: Option<lowconf::Secondary>,
 }
 
 /// `Err((status, message))` for requests that could not be served.
@@ -70,6 +83,7 @@ fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>, idx: usize) {
                 model,
                 inputs,
                 enqueued,
+                request_id,
                 reply,
             }) => {
                 shared.metrics.queue_depth.fetch_sub(1, Relaxed);
@@ -78,7 +92,7 @@ fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>, idx: usize) {
                     continue;
                 }
                 // Nothing to tell if it went while this ran.
-                let _ = reply.send(run(shared, &model, inputs, enqueued));
+                let _ = reply.send(run(shared, &model, inputs, enqueued, request_id.as_deref()));
             }
             Err(RecvTimeoutError::Timeout) if shared.workers_stop.load(Relaxed) => return,
             Err(RecvTimeoutError::Timeout) => {}
@@ -92,6 +106,7 @@ fn run(
     model: &ServedModel,
     inputs: Vec<InputTensor>,
     enqueued: Instant,
+    request_id: Option<&str>,
 ) -> JobResult {
     let queued = enqueued.elapsed();
     let limit = Duration::from_millis(shared.cfg.queue_timeout_ms);
@@ -111,7 +126,27 @@ fn run(
         .as_ref()
         .filter(|r| r.claim(&model.frame_at_ms, shared.now_ms()))
         .and_then(|_| Recent::copy(&inputs, shared.gate.get()));
-    let result = infer(model, inputs, us(queued));
+    let crc = shared.outbox.as_ref().map(|_| outbox::input_crc32(&inputs));
+    // The low-confidence path needs the inputs after the model has consumed them.
+    let wants_copy = lowconf::wants_copy(shared, model);
+    let mut copy = wants_copy
+        .then(|| lowconf::copy(&inputs, shared.gate.get()))
+        .flatten();
+    let mut result = infer(model, inputs, us(queued));
+    if let Ok(done) = &mut result {
+        done.low_confidence = lowconf::is_low(model, done.top1.as_ref());
+        if done.low_confidence == Some(true) {
+            model.low_confidence.flagged.fetch_add(1, Relaxed);
+            if let Some((inputs, _)) = &copy {
+                done.secondary = lowconf::rerun(shared, model, inputs.clone(), |sec, i| {
+                    infer(sec, i, 0).map(|d| d.top1).map_err(|(_, m)| m)
+                });
+            }
+        } else {
+            // Not needed: give its room back now.
+            copy = None;
+        }
+    }
     if let (Some(r), Some(f), Ok(_)) = (&shared.recent, frame, &result) {
         r.offer(model.name(), f);
     }
@@ -127,6 +162,52 @@ fn run(
             Err(_) => {}
         }
     }
+    if let (Some(o), Some(crc), Ok(done)) = (&shared.outbox, crc, &mut result) {
+        // Appended here, on the worker (a write, no sync); the HTTP task awaits the sync.
+        done.spooled = Some(o.append(&outbox::Finished {
+            model,
+            request_id,
+            input_crc32: crc,
+            stages: &done.stages,
+            classes: &done.classes,
+            detections: done.detections.len(),
+            low_confidence: done.low_confidence,
+            secondary: done.secondary.as_ref(),
+        }));
+    }
+    if let Ok(done) = &result {
+        if done.low_confidence == Some(true) && wants_copy {
+            let kept = match (&shared.outbox, &copy, crc) {
+                (Some(o), Some((inputs, _)), Some(crc)) if o.keeps_inputs() => o
+                    .keep_input(
+                        &outbox::Finished {
+                            model,
+                            request_id,
+                            input_crc32: crc,
+                            stages: &done.stages,
+                            classes: &done.classes,
+                            detections: done.detections.len(),
+                            low_confidence: done.low_confidence,
+                            secondary: done.secondary.as_ref(),
+                        },
+                        done.spooled.as_ref().and_then(|r| r.as_ref().ok().copied()),
+                        inputs,
+                    )
+                    .map_err(|e| {
+                        log::warn!("{}: a low-confidence input not kept: {e}", model.name())
+                    })
+                    .is_ok(),
+                _ => false,
+            };
+            let counter = if kept {
+                &model.low_confidence.kept
+            } else {
+                &model.low_confidence.not_kept
+            };
+            counter.fetch_add(1, Relaxed);
+        }
+    }
+    drop(copy);
     if let Ok(done) = &result {
         model.metrics.record_stages(&done.stages);
         let now = shared.now_ms();
@@ -163,7 +244,7 @@ fn infer(m: &ServedModel, inputs: Vec<InputTensor>, queue_us: u64) -> JobResult 
                     })
                     .collect()
             },
-            1,
+            outbox::TOP_K,
         )
         .map_err(|Fail(status, message)| {
             if status >= 500 {
@@ -179,7 +260,11 @@ fn infer(m: &ServedModel, inputs: Vec<InputTensor>, queue_us: u64) -> JobResult 
             queue_us,
             ..inference.timings
         },
-        top1: inference.classes.into_iter().next(),
+        top1: inference.classes.first().cloned(),
+        classes: inference.classes,
         detections: inference.detections,
+        spooled: None,
+        low_confidence: None,
+        secondary: None,
     })
 }

@@ -43,6 +43,9 @@ impl Server {
             .env("RUST_LOG", "info")
             .env("NOTIFY_SOCKET", &sock)
             .env("BELTBOX_RUNTIME_DIR", dir.path())
+            // What systemd's StateDirectory= sets: the spool, OTA store and kept frames of
+            // a config without `state_dir` go here, not to /var/lib/beltbox.
+            .env("STATE_DIRECTORY", dir.path().join("state"))
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

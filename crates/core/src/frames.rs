@@ -48,53 +48,67 @@ const MAX_INPUTS: usize = crate::manifest::MAX_INPUTS;
 /// Writes input `i` into `dir` as `I.npy` or `I.file`, streaming a tensor's data after its
 /// header: at most the input and a 64 KiB buffer are in memory (the service reserves twice
 /// a frame's bytes for it).
-fn write_input(dir: &Path, i: usize, (shape, data): Input) -> Result<(), FramesError> {
-    let npy_path = dir.join(format!("{i}.npy"));
-    let tensor_file = |dtype: DType| -> Result<BufWriter<File>, FramesError> {
-        let mut w = BufWriter::with_capacity(
-            64 * 1024,
-            File::create(&npy_path).map_err(at("create", &npy_path))?,
-        );
-        w.write_all(&npy::header(&shape, dtype))
-            .map_err(at("write", &npy_path))?;
-        Ok(w)
-    };
-    let mut w = match data {
+/// What [`encode`] wrote: a `.npy` tensor, or an encoded file (PNG, JPEG) as the client
+/// sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoded {
+    Npy,
+    File,
+}
+
+impl Encoded {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Encoded::Npy => "npy",
+            Encoded::File => "file",
+        }
+    }
+}
+
+/// Writes one input as a frame file's bytes: the npy header, then the elements streamed
+/// (never built whole beside the input); or the one encoded file of a BYTES input.
+pub fn encode(shape: &[usize], data: &Elements, w: &mut impl Write) -> std::io::Result<Encoded> {
+    let mut tensor = |dtype: DType| w.write_all(&npy::header(shape, dtype));
+    match data {
         Elements::F32(v) => {
-            let mut w = tensor_file(DType::Float32)?;
-            for x in &v {
-                w.write_all(&x.to_le_bytes())
-                    .map_err(at("write", &npy_path))?;
+            tensor(DType::Float32)?;
+            for x in v {
+                w.write_all(&x.to_le_bytes())?;
             }
-            w
         }
         Elements::I8(v) => {
-            let mut w = tensor_file(DType::Int8)?;
-            for x in &v {
-                w.write_all(&x.to_le_bytes())
-                    .map_err(at("write", &npy_path))?;
+            tensor(DType::Int8)?;
+            for x in v {
+                w.write_all(&x.to_le_bytes())?;
             }
-            w
         }
         Elements::U8(v) => {
-            let mut w = tensor_file(DType::Uint8)?;
-            w.write_all(&v).map_err(at("write", &npy_path))?;
-            w
+            tensor(DType::Uint8)?;
+            w.write_all(v)?;
         }
         Elements::Typed(d) => {
-            let mut w = tensor_file(d.dtype())?;
-            w.write_all(&d.to_le_bytes())
-                .map_err(at("write", &npy_path))?;
-            w
+            tensor(d.dtype())?;
+            w.write_all(&d.to_le_bytes())?;
         }
         // One encoded file per element; the service takes exactly one.
         Elements::Bytes(files) => {
-            let p = dir.join(format!("{i}.file"));
-            let file = files.into_iter().next().unwrap_or_default();
-            return fs::write(&p, file).map_err(at("write", &p));
+            w.write_all(files.first().map_or(&[][..], |f| f.as_slice()))?;
+            return Ok(Encoded::File);
         }
+    }
+    Ok(Encoded::Npy)
+}
+
+fn write_input(dir: &Path, i: usize, (shape, data): Input) -> Result<(), FramesError> {
+    let kind = match data {
+        Elements::Bytes(_) => Encoded::File,
+        _ => Encoded::Npy,
     };
-    w.flush().map_err(at("write", &npy_path))
+    let path = dir.join(format!("{i}.{}", kind.extension()));
+    let file = File::create(&path).map_err(at("create", &path))?;
+    let mut w = BufWriter::with_capacity(64 * 1024, file);
+    encode(&shape, &data, &mut w).map_err(at("write", &path))?;
+    w.flush().map_err(at("write", &path))
 }
 
 /// The frames kept for one model.
