@@ -422,7 +422,7 @@ impl Spool {
         g.file.sync_data().map_err(at("sync", &old))?;
         g.stats.durable = g.stats.written;
         g.stats.syncs += 1;
-        self.publish(&g);
+        self.publish(g);
         let (file, seg) = Self::create_segment(&self.opts.dir, seq)?;
         g.file = Arc::new(file);
         g.segments.push_back(seg);

@@ -93,7 +93,8 @@ pub struct Uploader {
 }
 
 enum Sink {
-    Mqtt(MqttSink),
+    // Boxed: the MQTT client with its options is large beside the HTTP sink.
+    Mqtt(Box<MqttSink>),
     Http(HttpSink),
 }
 
@@ -120,7 +121,12 @@ impl Uploader {
                 let max = crate::record::MAX_PAYLOAD + 4096;
                 sinks.push((
                     "mqtt",
-                    Sink::Mqtt(MqttSink::new(t.clone(), &cfg.box_id, cfg.batch, max)),
+                    Sink::Mqtt(Box::new(MqttSink::new(
+                        t.clone(),
+                        &cfg.box_id,
+                        cfg.batch,
+                        max,
+                    ))),
                 ));
             }
             if let Some(url) = &cfg.http {
