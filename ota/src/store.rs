@@ -589,14 +589,25 @@ fn remove_all(path: &Path) -> Result<(), StoreError> {
     Ok(r.map_err(at("remove", path))?)
 }
 
-/// Apparent size of the files below `path` (links are not followed).
+/// Apparent size of the files below `path` (links are not followed). A file that goes
+/// between the listing and its stat counts 0: the service renames its state's temporaries
+/// into place while `ota status` walks the store.
 fn disk_bytes(path: &Path) -> Result<u64, StoreError> {
-    let meta = fs::symlink_metadata(path).map_err(at("stat", path))?;
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(at("stat", path)(e).into()),
+    };
     if !meta.is_dir() {
         return Ok(meta.len());
     }
     let mut total = 0;
-    for entry in fs::read_dir(path).map_err(at("list", path))? {
+    let entries = match fs::read_dir(path) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(at("list", path)(e).into()),
+    };
+    for entry in entries {
         let entry = entry.map_err(at("list", path))?;
         total += disk_bytes(&entry.path())?;
     }
@@ -606,6 +617,15 @@ fn disk_bytes(path: &Path) -> Result<u64, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_gone_between_listing_and_stat_counts_zero() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a"), b"12345").unwrap();
+        assert_eq!(disk_bytes(d.path()).unwrap(), 5);
+        // What `ota status` meets when the service renames a temporary away mid-walk.
+        assert_eq!(disk_bytes(&d.path().join(".state.json.tmp-1")).unwrap(), 0);
+    }
 
     fn staged(store: &Store, id: &str, bytes: usize) -> PathBuf {
         let p = store.staging_dir().join(id);
