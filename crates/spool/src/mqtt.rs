@@ -1,6 +1,6 @@
 //! The MQTT sink: a batch of messages published at QoS 1 with rumqttc, confirmed when
 //! the broker has acknowledged every one (PUBACK). Persistent session (clean session off,
-//! the box id as client id); one topic per box and stream: `PREFIX/BOX/STREAM`.
+//! `BOX-STREAM` as client id); one topic per box and stream: `PREFIX/BOX/STREAM`.
 //!
 //! On any error the connection is dropped whole and the batch is published again on a
 //! fresh one after the uploader's backoff: a message the broker took before the error is

@@ -121,9 +121,11 @@ impl Uploader {
                 let max = crate::record::MAX_PAYLOAD + 4096;
                 sinks.push((
                     "mqtt",
+                    // One client id per stream: a broker disconnects the older of two
+                    // connections with the same id.
                     Sink::Mqtt(Box::new(MqttSink::new(
                         t.clone(),
-                        &cfg.box_id,
+                        &format!("{}-{stream}", cfg.box_id),
                         cfg.batch,
                         max,
                     ))),
@@ -243,7 +245,13 @@ impl Task {
                 }
                 continue;
             }
-            match self.step(durable).await {
+            // A stop ends a batch in flight (a receiver that hangs must not hold up the
+            // service's shutdown); its records are sent again on the next start.
+            let step = tokio::select! {
+                r = self.step(durable) => r,
+                _ = stop.changed() => return,
+            };
+            match step {
                 Ok(()) => {
                     backoff = self.cfg.backoff_min;
                     self.stats.up.store(true, Relaxed);
