@@ -128,7 +128,7 @@ impl Default for SpoolSettings {
         SpoolSettings {
             max_bytes: 256 << 20,
             segment_bytes: 4 << 20,
-            commit_interval_ms: 2,
+            commit_interval_ms: 0,
             ack_timeout_ms: 2_000,
             box_id: default_box_id(),
         }
