@@ -143,8 +143,7 @@ impl MqttReceiver {
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
                         // Subscribing again on every connection is harmless and covers a
                         // broker that lost the session.
-                        let _ =
-                            client.try_subscribe("beltbox/+/results", rumqttc::QoS::AtLeastOnce);
+                        let _ = client.try_subscribe("beltbox/#", rumqttc::QoS::AtLeastOnce);
                     }
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
                         s.store(true, Relaxed)
@@ -177,20 +176,25 @@ impl MqttReceiver {
 
     /// Sequence numbers in the order received (duplicates included).
     fn seqs(&self) -> Vec<u64> {
-        self.got
-            .lock()
-            .unwrap()
+        self.stream("results")
             .iter()
             .map(|v| v["seq"].as_u64().unwrap())
             .collect()
     }
 
     fn ids(&self) -> Vec<String> {
-        self.got
-            .lock()
-            .unwrap()
+        self.stream("results")
             .iter()
             .map(|v| v["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Every message of one stream, in the order received.
+    fn stream(&self, name: &str) -> Vec<Value> {
+        let got = self.got.lock().unwrap();
+        got.iter()
+            .filter(|v| v["stream"] == name)
+            .cloned()
             .collect()
     }
 }
@@ -779,11 +783,16 @@ fn low_confidence_answers_are_flagged_rerun_and_their_inputs_kept_and_uploaded()
         m.replacen("accuracy_floor", "low_confidence = 1.0\naccuracy_floor", 1)
     });
     let http = HttpReceiver::start(&tmp.path().join("http"));
+    // Both sinks: over MQTT the two streams are two clients, which must not push each
+    // other off the broker.
+    let broker = Broker::start(&tmp.path().join("broker"), free_port());
+    let mqtt = MqttReceiver::start(broker.port);
     let cfg = format!(
-        "{}[models]\nload = [\"{}\", \"digits-fp32\"]\n[low_confidence]\nkeep_max_count = 8\nsecondary = {{ \"digits-int8-qdq\" = \"digits-fp32\" }}\n[upload]\nhttp = \"{}\"\nbackoff_min_ms = 50\nbackoff_max_ms = 200\n",
+        "{}[models]\nload = [\"{}\", \"digits-fp32\"]\n[low_confidence]\nkeep_max_count = 8\nsecondary = {{ \"digits-int8-qdq\" = \"digits-fp32\" }}\n[upload]\nhttp = \"{}\"\nmqtt = \"{}\"\nbackoff_min_ms = 50\nbackoff_max_ms = 200\n",
         config(&tmp.path().join("state"), ""),
         pkg.display(),
-        http.url
+        http.url,
+        broker.url()
     );
     let s = Server::start(&[], Some(&cfg), &[]);
     let files: Vec<Vec<u8>> = golden()
@@ -876,6 +885,10 @@ fn low_confidence_answers_are_flagged_rerun_and_their_inputs_kept_and_uploaded()
         checked += 1;
     }
     assert!(checked >= 1);
+    // The same over MQTT, results and inputs both.
+    wait_until("both streams over MQTT", Duration::from_secs(30), || {
+        mqtt.seqs().iter().collect::<BTreeSet<_>>().len() >= n && !mqtt.stream("inputs").is_empty()
+    });
     // The result records say so too.
     let flagged_records = lines
         .lines()
@@ -889,4 +902,33 @@ fn low_confidence_answers_are_flagged_rerun_and_their_inputs_kept_and_uploaded()
         low.len()
     );
     s.stop();
+}
+
+/// A misconfigured upload or spool is refused at start with one line naming the key (exit
+/// 2), before anything loads; an unreachable broker is not a config error (it is the
+/// normal offline case: the backlog grows, see the broker test).
+#[test]
+fn a_misconfigured_spool_or_upload_is_refused_with_one_line_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = [
+        ("[upload]\nmqtt = \"http://broker:1883\"", "upload.mqtt"),
+        ("[upload]\nmqtt = \"mqtts://broker\"", "TLS"),
+        ("[upload]\nhttp = \"broker/ingest\"", "upload.http"),
+        ("[upload]\nbroker = \"mqtt://b\"", "unknown field `broker`"),
+        ("[spool]\nbox_id = \"dock 3\"", "spool.box_id"),
+        ("[spool]\nmax_size = \"12XB\"", "spool.max_size"),
+        (
+            "[low_confidence]\nsecondary = { x = \"\" }",
+            "low_confidence.secondary.x",
+        ),
+    ];
+    for (i, (text, says)) in rows.iter().enumerate() {
+        let path = tmp.path().join(format!("{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let o = common::beltbox(&["run", "--config", path.to_str().unwrap()]);
+        let err = common::stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{text}: {err}");
+        assert!(err.contains(says), "{text}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{text}: {err}");
+    }
 }

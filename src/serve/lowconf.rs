@@ -127,3 +127,19 @@ pub(crate) fn rerun(
         error,
     })
 }
+
+/// `beltbox_low_confidence_total{model, outcome}`.
+pub(crate) fn prometheus(models: &[Arc<ServedModel>], out: &mut beltbox_core::prom::Exposition) {
+    use beltbox_core::prom::{labels, Kind};
+    out.family(
+        "beltbox_low_confidence_total",
+        Kind::Counter,
+        "Answers under the model's low_confidence threshold (flagged), re-run on the secondary model (rerun), whose input was kept for review (kept) or could not be (not_kept: no room or spool failing).",
+    );
+    for m in models {
+        for (outcome, n) in m.low_confidence.rows() {
+            let l = labels(&[("model", m.name()), ("outcome", outcome)]);
+            out.sample("beltbox_low_confidence_total", &l, n);
+        }
+    }
+}

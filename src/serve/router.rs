@@ -20,7 +20,7 @@ use super::http::{self, BodyError, BodyRules, Encoding, Response};
 use super::kserve::{self, DecodeLimits, InferRequest, InputTensor, OutputTensor};
 use super::metrics::{self, Gauges, ModelSample, Outcome};
 use super::worker::{Done, Job};
-use super::{swap, ServedModel, Shared};
+use super::{lowconf, swap, ServedModel, Shared};
 use beltbox_core::preprocess;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -707,17 +707,6 @@ fn fallback_metrics(models: &[Arc<ServedModel>], out: &mut beltbox_core::prom::E
         out.sample("beltbox_model_source", &l, 1);
     }
     out.family(
-        "beltbox_low_confidence_total",
-        Kind::Counter,
-        "Answers under the model's low_confidence threshold (flagged), re-run on the secondary model (rerun), whose input was kept for review (kept) or could not be (not_kept: no room or spool failing).",
-    );
-    for m in models {
-        for (outcome, n) in m.low_confidence.rows() {
-            let l = labels(&[("model", m.name()), ("outcome", outcome)]);
-            out.sample("beltbox_low_confidence_total", &l, n);
-        }
-    }
-    out.family(
         "beltbox_model_fallbacks",
         Kind::Gauge,
         "Links of the fallback chain passed over at load because they failed to load, verify, fit or self-check (0: the first choice serves).",
@@ -759,6 +748,7 @@ fn render_metrics(shared: &Shared) -> String {
     let mut text = metrics::render(&shared.metrics, &samples, &gauges);
     let mut out = beltbox_core::prom::Exposition::new();
     fallback_metrics(&models, &mut out);
+    lowconf::prometheus(&models, &mut out);
     if let Some(o) = &shared.outbox {
         o.prometheus(&mut out);
     }

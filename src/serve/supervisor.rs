@@ -131,13 +131,14 @@ fn run(shared: &Arc<Shared>) {
             let models = shared.models();
             let count = |o: Outcome| -> u64 { models.iter().map(|m| m.metrics.count(o)).sum() };
             let (ok, rejected) = (count(Outcome::Ok), count(Outcome::Rejected));
-            let mut spool = shared
+            // The spool's state, and any model serving from down its fallback chain.
+            let mut extra = shared
                 .outbox
                 .as_ref()
                 .map(|o| format!(", {}", o.status()))
                 .unwrap_or_default();
             for m in models.iter().filter(|m| !m.origin.passed_over.is_empty()) {
-                spool.push_str(&format!(
+                extra.push_str(&format!(
                     ", FALLBACK {} {} from {}",
                     m.name(),
                     m.version(),
@@ -145,7 +146,7 @@ fn run(shared: &Arc<Shared>) {
                 ));
             }
             shared.notifier.status(&format!(
-                "serving: {ok} ok, {rejected} rejected, queue {}/{}{spool}",
+                "serving: {ok} ok, {rejected} rejected, queue {}/{}{extra}",
                 shared.metrics.queue_depth.load(Relaxed),
                 shared.cfg.queue_depth
             ));

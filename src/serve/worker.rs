@@ -128,8 +128,7 @@ fn run(
         .and_then(|_| Recent::copy(&inputs, shared.gate.get()));
     let crc = shared.outbox.as_ref().map(|_| outbox::input_crc32(&inputs));
     // The low-confidence path needs the inputs after the model has consumed them.
-    let wants_copy = lowconf::wants_copy(shared, model);
-    let mut copy = wants_copy
+    let mut copy = lowconf::wants_copy(shared, model)
         .then(|| lowconf::copy(&inputs, shared.gate.get()))
         .flatten();
     let mut result = infer(model, inputs, us(queued));
@@ -163,8 +162,7 @@ fn run(
         }
     }
     if let (Some(o), Some(crc), Ok(done)) = (&shared.outbox, crc, &mut result) {
-        // Appended here, on the worker (a write, no sync); the HTTP task awaits the sync.
-        done.spooled = Some(o.append(&outbox::Finished {
+        let finished = outbox::Finished {
             model,
             request_id,
             input_crc32: crc,
@@ -173,31 +171,19 @@ fn run(
             detections: done.detections.len(),
             low_confidence: done.low_confidence,
             secondary: done.secondary.as_ref(),
-        }));
-    }
-    if let Ok(done) = &result {
-        if done.low_confidence == Some(true) && wants_copy {
-            let kept = match (&shared.outbox, &copy, crc) {
-                (Some(o), Some((inputs, _)), Some(crc)) if o.keeps_inputs() => o
-                    .keep_input(
-                        &outbox::Finished {
-                            model,
-                            request_id,
-                            input_crc32: crc,
-                            stages: &done.stages,
-                            classes: &done.classes,
-                            detections: done.detections.len(),
-                            low_confidence: done.low_confidence,
-                            secondary: done.secondary.as_ref(),
-                        },
-                        done.spooled.as_ref().and_then(|r| r.as_ref().ok().copied()),
-                        inputs,
-                    )
+        };
+        // Appended here, on the worker (a write, no sync); the HTTP task awaits the sync.
+        let spooled = o.append(&finished);
+        if done.low_confidence == Some(true) && o.keeps_inputs() {
+            let kept = match &copy {
+                Some((inputs, _)) => o
+                    .keep_input(&finished, spooled.as_ref().ok().copied(), inputs)
                     .map_err(|e| {
                         log::warn!("{}: a low-confidence input not kept: {e}", model.name())
                     })
                     .is_ok(),
-                _ => false,
+                // No room at the gate for the copy.
+                None => false,
             };
             let counter = if kept {
                 &model.low_confidence.kept
@@ -206,6 +192,7 @@ fn run(
             };
             counter.fetch_add(1, Relaxed);
         }
+        done.spooled = Some(spooled);
     }
     drop(copy);
     if let Ok(done) = &result {

@@ -21,6 +21,12 @@ def main():
 
     class Ingest(BaseHTTPRequestHandler):
         def do_POST(self):
+            try:
+                self.ingest()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the uploader gave up waiting (its timeout): it sends again
+
+        def ingest(self):
             n = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(n)
             if os.path.exists(out + ".slow"):
