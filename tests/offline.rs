@@ -392,6 +392,14 @@ fn sigkill_during_heavy_writes_loses_no_acknowledged_result() {
         let l = std::thread::scope(|scope| {
             let h = scope.spawn(|| load(&s, 4, None, &stop));
             std::thread::sleep(Duration::from_millis(1200 + 400 * round));
+            // Group commit under 4 clients flat out (printed, not asserted: it depends on
+            // the disk's sync time).
+            let m = s.metrics();
+            println!(
+                "round {round}: {} records in {} syncs before the kill",
+                metric(&m, "beltbox_spool_written_seq"),
+                metric(&m, "beltbox_spool_syncs_total")
+            );
             // SIGKILL: no drain, no final sync, the uploader mid-batch.
             sigkill(&s);
             h.join().unwrap()

@@ -104,6 +104,16 @@ struct Task {
     cursor: Cursor,
     sink: Sink,
     cfg: UploadConfig,
+    /// The batch that failed, kept for the retry: a sink that is down costs each attempt
+    /// its network try only, not a segment read and the envelopes again.
+    pending: Option<Batch>,
+}
+
+/// A batch ready to send: its first and last sequence numbers and its messages.
+struct Batch {
+    first: u64,
+    last: u64,
+    messages: Vec<Vec<u8>>,
 }
 
 impl Uploader {
@@ -165,6 +175,7 @@ impl Uploader {
                     cursor,
                     sink,
                     cfg: cfg.clone(),
+                    pending: None,
                 });
             }
         }
@@ -284,43 +295,71 @@ impl Task {
 
     /// Sends the next batch after the cursor; advances the cursor on confirmation.
     async fn step(&mut self, durable: u64) -> Result<(), String> {
+        let batch = match self.pending.take() {
+            Some(b) => b,
+            None => match self.next_batch()? {
+                Some(b) => b,
+                None => {
+                    // Nothing intact left up to `durable` (dropped to the bound, or
+                    // damaged): move past it.
+                    self.advance(durable)?;
+                    return Ok(());
+                }
+            },
+        };
+        let stream = self.stats.stream.clone();
+        let timeout = self.cfg.timeout;
+        let sent = match &mut self.sink {
+            Sink::Mqtt(m) => {
+                let topic = m.target().topic(&self.cfg.box_id, &stream);
+                m.send(&topic, &batch.messages, timeout)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Sink::Http(h) => {
+                let key = format!(
+                    "{}/{stream}/{}-{}",
+                    self.cfg.box_id, batch.first, batch.last
+                );
+                h.send(&key, &batch.messages, timeout)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        if let Err(e) = sent {
+            self.pending = Some(batch);
+            return Err(e);
+        }
+        self.stats
+            .sent
+            .fetch_add(batch.messages.len() as u64, Relaxed);
+        self.advance(batch.last)
+    }
+
+    /// The next batch after the cursor (bounded by `batch` records and `batch_bytes`),
+    /// each record in its envelope; `None` when no intact record is left to the end.
+    fn next_batch(&self) -> Result<Option<Batch>, String> {
         let from = self.cursor.seq() + 1;
         let records = self
             .spool
             .read_from_bounded(from, self.cfg.batch, self.cfg.batch_bytes)
             .map_err(|e| e.to_string())?;
-        let Some(last) = records.last().map(|r| r.0) else {
-            // Nothing intact left up to `durable` (dropped to the bound, or damaged):
-            // move past it.
-            self.advance(durable)?;
-            return Ok(());
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+            return Ok(None);
         };
-        let first = records.first().map_or(from, |r| r.0);
-        let stream = self.stats.stream.clone();
-        let messages: Vec<Vec<u8>> = records
+        let (first, last) = (first.0, last.0);
+        let stream = &self.stats.stream;
+        let messages = records
             .iter()
             .map(|(seq, payload)| {
-                envelope::encode(&self.cfg.box_id, &stream, self.spool.epoch(), *seq, payload)
+                envelope::encode(&self.cfg.box_id, stream, self.spool.epoch(), *seq, payload)
             })
             .collect();
-        drop(records);
-        let timeout = self.cfg.timeout;
-        match &mut self.sink {
-            Sink::Mqtt(m) => {
-                let topic = m.target().topic(&self.cfg.box_id, &stream);
-                m.send(&topic, &messages, timeout)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            Sink::Http(h) => {
-                let key = format!("{}/{stream}/{first}-{last}", self.cfg.box_id);
-                h.send(&key, &messages, timeout)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-        self.stats.sent.fetch_add(messages.len() as u64, Relaxed);
-        self.advance(last)
+        Ok(Some(Batch {
+            first,
+            last,
+            messages,
+        }))
     }
 
     fn advance(&mut self, seq: u64) -> Result<(), String> {
