@@ -85,11 +85,7 @@ pub(crate) fn wants_copy(shared: &Shared, model: &ServedModel) -> bool {
 /// The copy, with twice its bytes reserved (the copy, and its encoding when kept); `None`
 /// when the gate has no room now.
 pub(crate) fn copy(inputs: &[InputTensor], gate: Option<&Arc<Gate>>) -> Option<Copy> {
-    let bytes: u64 = inputs.iter().map(|t| t.data.heap_bytes()).sum();
-    let held = match gate {
-        Some(g) => Some(g.try_reserve(2 * bytes)?),
-        None => None,
-    };
+    let held = super::recent::reserve_copy(inputs, gate)?;
     Some((inputs.to_vec(), held))
 }
 

@@ -90,11 +90,7 @@ impl Recent {
         inputs: &[InputTensor],
         gate: Option<&Arc<Gate>>,
     ) -> Option<(Vec<Input>, Option<Reservation>)> {
-        let bytes: u64 = inputs.iter().map(|t| t.data.heap_bytes()).sum();
-        let held = match gate {
-            Some(g) => Some(g.try_reserve(2 * bytes)?),
-            None => None,
-        };
+        let held = reserve_copy(inputs, gate)?;
         let frame = inputs
             .iter()
             .map(|t| (t.shape.clone(), t.data.clone()))
@@ -110,5 +106,18 @@ impl Recent {
                 log::debug!("recent frames: the writer has stopped");
             }
         }
+    }
+}
+
+/// The room a copy of `inputs` holds at `gate` without waiting: twice their bytes (the
+/// copy, and its encoding when written). `None`: no room now; `Some(None)`: no gate.
+pub(crate) fn reserve_copy(
+    inputs: &[InputTensor],
+    gate: Option<&Arc<Gate>>,
+) -> Option<Option<Reservation>> {
+    let bytes: u64 = inputs.iter().map(|t| t.data.heap_bytes()).sum();
+    match gate {
+        Some(g) => Some(Some(g.try_reserve(2 * bytes)?)),
+        None => Some(None),
     }
 }

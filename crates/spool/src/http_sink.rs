@@ -50,10 +50,6 @@ impl HttpSink {
         })
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// POSTs the batch; `Ok` on a 2xx answer.
     pub async fn send(
         &self,

@@ -657,11 +657,6 @@ impl Spool {
         &self.epoch
     }
 
-    /// The directory the spool lives in.
-    pub fn dir(&self) -> &Path {
-        &self.opts.dir
-    }
-
     /// Syncs what is written and stops the committer.
     pub fn close(&self) {
         self.stop.store(true, Relaxed);
